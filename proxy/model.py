@@ -18,7 +18,9 @@ class Request:
 
     ``host`` is raw (as the client sent it); the engine canonicalises it.
     ``path`` is the path plus query string (``/a/b?c=d``); empty means ``/``.
-    ``sni`` is the TLS server name when one was seen.
+    ``sni`` is the TLS server name when one was seen. When the SNI or the Host
+    header names another host than ``host``, the stricter verdict applies and a
+    different registered domain is blocked as domain fronting.
     """
 
     host: str
@@ -29,6 +31,7 @@ class Request:
     client: str = ""
     user: str | None = None
     sni: str | None = None
+    host_header: str | None = None  # the Host header when it names another host than ``host``
 
 
 @dataclass(frozen=True, slots=True)

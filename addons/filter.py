@@ -1,0 +1,244 @@
+"""Decide every request at every layer: CONNECT, TLS ClientHello, HTTP request.
+
+mitmproxy logs an addon's exception and lets the flow through (fail open), so
+every deciding hook here catches its own errors and blocks instead. The
+decisions themselves come from ``proxy.engine``; this module only translates
+flows into ``Request`` facts and ``Decision`` s into responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from mitmproxy import connection, http, tls
+from mitmproxy.proxy import server_hooks
+
+from proxy import blockpage
+from proxy.canonical import Malformed, canonical_host
+from proxy.engine import Engine
+from proxy.model import BLOCK, Decision, Request
+
+from .record import Recorder
+from .runtime import Runtime, new_request_id
+
+log = logging.getLogger("cipa.filter")
+
+
+@dataclass(slots=True)
+class Tunnel:
+    """What the CONNECT taught us about one client connection."""
+
+    host: str
+    port: int
+    decision: Decision
+    intercept: bool
+    request_id: str
+    started: float
+    user: str | None = None
+    kill: bool = False
+
+
+def _client_ip(conn: connection.Client) -> str:
+    return conn.peername[0] if conn.peername else ""
+
+
+def _user(flow: http.HTTPFlow) -> str | None:
+    # proxyauth stores (user, password); only ever read the user name.
+    auth = flow.metadata.get("proxyauth")
+    return auth[0] if auth else None
+
+
+def _special(category: str, reason: str, group: str = "", policy: str = "", url: str = "") -> Decision:
+    return Decision(BLOCK, category, group, policy, "engine", reason, url)
+
+
+class Filter:
+    def __init__(self, rt: Runtime, recorder: Recorder):
+        self.rt = rt
+        self.rec = recorder
+        self.tunnels: dict[str, Tunnel] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _decide(self, engine: Engine, req: Request) -> Decision:
+        if self.rt.fault_host is not None and req.host == self.rt.fault_host:
+            raise RuntimeError("injected fault (CIPA_INJECT_FAULT)")
+        start = time.perf_counter()
+        d = engine.decide(req)
+        self.rt.metrics.decision_seconds.observe(time.perf_counter() - start)
+        return d
+
+    def _may_intercept(self, d: Decision) -> bool:
+        tls_cfg = self.rt.config.tls
+        return tls_cfg.inspect != "none" and (d.category is None or d.category not in tls_cfg.never_inspect)
+
+    def _wants_intercept(self, engine: Engine, host: str, d: Decision) -> bool:
+        """Selective inspection: decrypt only what needs it (the rest passes through untouched)."""
+        tls_cfg = self.rt.config.tls
+        if not self._may_intercept(d):
+            return False
+        if d.blocked or tls_cfg.inspect == "all":
+            return True
+        try:
+            h = canonical_host(host)
+        except Malformed:
+            return True
+        if engine.has_url_rules(h):
+            return True
+        return any(h == dom or h.endswith("." + dom) for dom in tls_cfg.inspect_domains)
+
+    def _refuse_connect(self, flow: http.HTTPFlow, d: Decision, status: int, rid: str, kind: str | None = None) -> None:
+        body = f"Blocked by the school's Internet filter: {d.reason}\nRequest ID: {rid}\n".encode()
+        flow.response = http.Response.make(
+            status, body, {"Content-Type": "text/plain; charset=utf-8", "X-Cipa-Request-Id": rid, "Cache-Control": "no-store"}
+        )
+        self.rt.metrics.tls.labels(mode="refused").inc()
+        if kind:
+            self.rt.metrics.bypass.labels(kind=kind).inc()
+        self.rec.connect(flow, d, rid, status, tls_mode="refused")
+
+    # ------------------------------------------------------------------ CONNECT
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        rid = new_request_id()
+        try:
+            engine = self.rt.engine
+            client = _client_ip(flow.client_conn)
+            host, port = flow.request.host, flow.request.port
+            if engine is None:
+                return self._refuse_connect(flow, _special("not_ready", "the filter is starting"), 503, rid)
+            req = Request(host=host, path="/", scheme="https", port=port, method="CONNECT", client=client, user=_user(flow))
+            if port not in self.rt.config.tls.connect_ports:
+                g = engine.group_for(client, req.user)
+                d = _special("port", f"CONNECT to port {port} is not allowed", g.name, g.policy, f"{host}:{port}")
+                return self._refuse_connect(flow, d, 403, rid, kind="connect_port")
+            d = self._decide(engine, req)
+            if d.category == "malformed":
+                return self._refuse_connect(flow, d, 400, rid, kind="malformed")
+            intercept = self._wants_intercept(engine, host, d)
+            if d.blocked and not intercept:
+                return self._refuse_connect(flow, d, 403, rid)
+            self.tunnels[flow.client_conn.id] = Tunnel(host, port, d, intercept, rid, time.time(), req.user)
+        except Exception:
+            log.exception("filter error in http_connect (request %s); refusing the tunnel", rid)
+            self.rt.metrics.filter_errors.inc()
+            self._refuse_connect(flow, _special("filter_error", "filter error"), 403, rid)
+
+    # ------------------------------------------------------------------ TLS
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        client = data.context.client
+        try:
+            engine = self.rt.engine
+            sni = data.client_hello.sni
+            t = self.tunnels.get(client.id)
+            if engine is None:
+                raise RuntimeError("rules not loaded")
+            if t is None:
+                # No CONNECT (transparent mode): the SNI is all we know.
+                server = data.context.server.address
+                host = sni or (server[0] if server else "")
+                port = server[1] if server else 443
+                req = Request(host=host, path="/", scheme="https", port=port, client=_client_ip(client))
+                d = self._decide(engine, req)
+                t = Tunnel(host, port, d, self._wants_intercept(engine, host, d), new_request_id(), time.time())
+                self.tunnels[client.id] = t
+            elif sni and sni != t.host:
+                req = Request(
+                    host=t.host, path="/", scheme="https", port=t.port, client=_client_ip(client),
+                    user=t.user, sni=sni,
+                )  # fmt: skip
+                d = self._decide(engine, req)
+                if d.blocked:
+                    if d.category == "sni_mismatch":
+                        self.rt.metrics.bypass.labels(kind="sni_mismatch").inc()
+                    t.decision = d
+                    t.intercept = self._may_intercept(d)
+            if t.decision.blocked and not t.intercept:
+                t.kill = True  # no decryption allowed: cut the tunnel at server_connect
+            data.ignore_connection = not t.intercept
+            mode = "intercepted" if t.intercept else ("refused" if t.kill else "passthrough")
+            self.rt.metrics.tls.labels(mode=mode).inc()
+            if not t.intercept:
+                self.rec.tunnel(client, t, sni, mode)
+        except Exception:
+            log.exception("filter error in tls_clienthello; closing the connection")
+            self.rt.metrics.filter_errors.inc()
+            t = self.tunnels.get(client.id)
+            if t is not None:
+                t.kill = True
+            else:
+                self.tunnels[client.id] = Tunnel(
+                    "", 0, _special("filter_error", "filter error"), False, new_request_id(), time.time(), kill=True
+                )
+            data.ignore_connection = True
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        t = self.tunnels.get(data.client.id)
+        if t is not None and t.kill:
+            data.server.error = "blocked by cipa-proxy"
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.tunnels.pop(client.id, None)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        rid = new_request_id()
+        flow.metadata["cipa_id"] = rid
+        try:
+            engine = self.rt.engine
+            if engine is None:
+                return self._block(flow, _special("not_ready", "the filter is starting"), rid, 503)
+            audit = self.rt.audit
+            if audit is not None and audit.blocks_new_requests:
+                return self._block(flow, _special("audit_unavailable", "the audit log cannot be written"), rid, 503)
+            r = flow.request
+            host_header = r.host_header
+            if host_header:
+                host_header = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+            req = Request(
+                host=r.host,
+                path=r.path,
+                scheme=r.scheme,
+                port=r.port,
+                method=r.method,
+                client=_client_ip(flow.client_conn),
+                user=_user(flow),
+                sni=flow.client_conn.sni,
+                host_header=host_header if host_header and host_header.lower() != r.host.lower() else None,
+            )
+            d = self._decide(engine, req)
+            flow.metadata["cipa_decision"] = d
+            if d.blocked:
+                if d.category == "sni_mismatch":
+                    self.rt.metrics.bypass.labels(kind="host_mismatch").inc()
+                self._block(flow, d, rid, 400 if d.category == "malformed" else 403)
+        except Exception:
+            log.exception("filter error in request %s; blocking", rid)
+            self.rt.metrics.filter_errors.inc()
+            self._block(flow, _special("filter_error", "filter error (the request was blocked to stay safe)"), rid, 403)
+
+    def _block(self, flow: http.HTTPFlow, d: Decision, rid: str, status: int) -> None:
+        flow.metadata["cipa_decision"] = d
+        try:
+            cfg = self.rt.config
+            r = flow.request
+            status, headers, body = blockpage.render(
+                d,
+                r.pretty_host,
+                rid,
+                accept=r.headers.get("accept", ""),
+                dest=r.headers.get("sec-fetch-dest", ""),
+                district=cfg.district.name,
+                contact=cfg.district.contact,
+                status=status,
+            )
+        except Exception:
+            log.exception("cannot render the block page for %s", rid)
+            headers, body = {"Content-Type": "text/plain", "Cache-Control": "no-store"}, b"Blocked.\n"
+        flow.response = http.Response.make(status, body, headers)

@@ -1,0 +1,250 @@
+"""``cipa-proxy run``: mitmproxy in-process, with only the addons a filter needs.
+
+Speed comes from three measured levers (see ``../shared/notes``):
+- a minimal ``Master`` with 5 of mitmproxy's ~39 default addons, because every
+  event walks every addon;
+- cached hook dispatch: the list of callables per event is computed once,
+  instead of ``getattr`` on every addon for every event;
+- lean logging: no ``LegacyLogEvents`` bridge and the root logger at INFO, so
+  per-connection debug records are never formatted.
+Addons are registered in code, never with ``-s`` (a broken script would be
+unloaded on reload and leave traffic unfiltered). Only options this module
+sets reach mitmproxy: config.yaml cannot switch on arbitrary mitmproxy options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from mitmproxy import addonmanager, certs, exceptions, hooks, master, options
+from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
+
+from proxy import ca
+from proxy.config import Config
+from proxy.engine import Engine
+from proxy.yamlpos import InputError
+
+from .access import Access
+from .filter import Filter
+from .record import ByteCounter, Recorder
+from .runtime import Runtime
+
+log = logging.getLogger("cipa.proxy")
+
+
+class CachedAddonManager(addonmanager.AddonManager):
+    """Dispatch each event only to the addons that implement it.
+
+    The per-event list is rebuilt whenever an addon is added or removed.
+    """
+
+    def __init__(self, m: master.Master):
+        super().__init__(m)
+        self._hooks: dict[str, list] = {}
+
+    def register(self, addon):
+        self._hooks.clear()
+        return super().register(addon)
+
+    def add(self, *addons):
+        super().add(*addons)
+        self._hooks.clear()
+
+    def remove(self, addon):
+        super().remove(addon)
+        self._hooks.clear()
+
+    def _callables(self, name: str) -> list:
+        funcs = self._hooks.get(name)
+        if funcs is None:
+            funcs = []
+            for top in self.chain:
+                for a in addonmanager.traverse([top]):
+                    f = getattr(a, name, None)
+                    if f is not None and callable(f):
+                        funcs.append(f)
+            self._hooks[name] = funcs
+        return funcs
+
+    async def trigger_event(self, event: hooks.Hook) -> None:
+        funcs = self._callables(event.name)
+        if not funcs:
+            return
+        args = event.args()
+        for func in funcs:
+            try:
+                res = func(*args)
+                if res is not None and inspect.isawaitable(res):
+                    await res
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
+                raise
+            except Exception:
+                logging.getLogger("mitmproxy.addonmanager").exception("Addon error in %s", event.name)
+
+
+class CipaMaster(master.Master):
+    def __init__(self, opts: options.Options, rt: Runtime):
+        super().__init__(opts)
+        # Swap in the cached dispatcher before any addon is registered.
+        opts.changed.disconnect(self.addons._configure_all)
+        self.addons = CachedAddonManager(self)
+        self._legacy_log_events.uninstall()  # lean logging: no per-record add_log events
+        recorder = Recorder(rt)
+        self.addons.add(
+            core.Core(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            Access(rt, recorder),
+            Filter(rt, recorder),
+            ByteCounter(),
+            recorder,
+        )
+
+    async def done(self) -> None:
+        await self.addons.trigger_event(hooks.DoneHook())
+
+
+def mitm_options(cfg: Config) -> dict:
+    """The allow-list: every mitmproxy option cipa-proxy sets, derived from config.yaml."""
+    opts = {
+        "listen_host": cfg.listen.host,
+        "listen_port": cfg.listen.port,
+        "mode": [f"upstream:{cfg.upstream}" if cfg.upstream else "regular"],
+        "confdir": str(cfg.tls.confdir),
+        "connection_strategy": "lazy",  # a blocked host is never contacted
+        "ssl_insecure": not cfg.tls.verify_upstream,
+        "http3": False,
+        "rawtcp": True,
+        "websocket": True,
+    }
+    if cfg.tls.upstream_ca:
+        opts["ssl_verify_upstream_trusted_ca"] = str(cfg.tls.upstream_ca)
+    return opts
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for noisy in ("mitmproxy.proxy.server", "mitmproxy.proxy", "hpack", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _open_audit(cfg: Config):
+    try:
+        from proxy.audit import AuditLog
+    except ImportError:  # pragma: no cover
+        log.error("audit module missing: running without audit records")
+        return None
+    return AuditLog(cfg.audit)
+
+
+async def _load_rules(rt: Runtime, cfg: Config) -> None:
+    """Compile the rules in a worker thread so the event loop keeps answering (with blocks)."""
+    start = time.perf_counter()
+    try:
+        engine = await asyncio.to_thread(Engine.build, cfg)
+    except InputError as exc:
+        rt.metrics.reloads.labels(result="failure").inc()
+        for p in exc.problems:
+            log.error("rules: %s", p)
+        _say(f"cipa-proxy rules failed to load ({len(exc.problems)} problem(s)); blocking everything")
+        return
+    rt.set_engine(engine)
+    rt.metrics.reloads.labels(result="success").inc()
+    entries = sum(i.entries for i in engine.rules.categories.values())
+    _say(f"cipa-proxy rules loaded: {entries} entries in {time.perf_counter() - start:.2f}s")
+
+
+async def _serve(cfg: Config) -> int:
+    rt = Runtime(cfg)
+    rt.metrics.operative.set(0)
+    ca.init(cfg.tls.confdir)
+    certs.CERT_EXPIRY = ca.LEAF_VALIDITY  # mitmproxy reads this module global when minting leaf certificates
+    rt.audit = _open_audit(cfg)
+
+    opts = options.Options()
+    m = CipaMaster(opts, rt)
+    try:
+        opts.update(**mitm_options(cfg))
+    except exceptions.OptionsError as exc:
+        log.error("invalid proxy settings: %s", exc)
+        return 2
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, m.shutdown)
+
+    metrics_server = None
+    if cfg.metrics.host_port:
+        from proxy.metrics import serve
+
+        host, port = cfg.metrics.host_port
+        metrics_server = serve(rt.metrics, host, port, rt.readiness_problems)
+        mhost, mport = metrics_server.server_address[:2]
+        _say(f"cipa-proxy metrics at {mhost}:{mport}")
+
+    loader = asyncio.create_task(_load_rules(rt, cfg))
+    fsyncer = None
+    if rt.audit is not None:
+        fsyncer = asyncio.create_task(_fsync_loop(rt, cfg.audit.fsync_interval))
+
+    async def announce() -> None:
+        ps = m.addons.get("proxyserver")
+        while not ps.is_running:
+            await asyncio.sleep(0.01)
+        rt.listening = True
+        for host, port, *_ in ps.listen_addrs():
+            _say(f"cipa-proxy listening at {host}:{port}")
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await m.run()
+    finally:
+        for task in (loader, fsyncer, announcer):
+            if task is not None:
+                task.cancel()
+        if rt.audit is not None:
+            rt.audit.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        _say("cipa-proxy stopped")
+    return 0
+
+
+async def _fsync_loop(rt: Runtime, interval: float) -> None:
+    while True:
+        await asyncio.sleep(max(interval, 0.05))
+        audit = rt.audit
+        if audit is not None:
+            await asyncio.to_thread(audit.maybe_fsync)
+
+
+def run(cfg: Config, config_path: Path | None = None, overrides: list[str] | None = None) -> int:
+    """Run the proxy until SIGTERM/SIGINT; returns the process exit code."""
+    _setup_logging()
+    try:
+        import uvloop
+
+        return uvloop.run(_serve(cfg))
+    except ImportError:  # pragma: no cover - uvloop is optional on unusual platforms
+        return asyncio.run(_serve(cfg))
+
+
+__all__ = ["CachedAddonManager", "CipaMaster", "mitm_options", "run"]

@@ -1,0 +1,173 @@
+"""One audit record and one set of metric updates per request and per tunnel decision.
+
+Exactly one of ``response`` and ``error`` fires per HTTP flow, so recording
+there counts every request once, whether it was allowed, blocked by us or
+failed upstream. Tunnel-level decisions (a refused CONNECT, a passed-through
+TLS connection) are recorded by the filter through ``connect``/``tunnel``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from mitmproxy import connection, http
+
+from proxy.model import ALLOW, Decision
+
+from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from .filter import Tunnel
+
+log = logging.getLogger("cipa.record")
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+class Recorder:
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+
+    def _write(self, rec: dict) -> None:
+        audit = self.rt.audit
+        if audit is None:
+            return
+        try:
+            ok = audit.record(rec)
+        except Exception:  # the writer promises not to raise; be safe anyway
+            log.exception("audit write failed")
+            ok = False
+        if ok:
+            self.rt.metrics.audit_records.inc()
+        else:
+            self.rt.metrics.audit_errors.inc()
+
+    def _count(self, d: Decision | None) -> None:
+        m = self.rt.metrics
+        if d is None:
+            return
+        m.requests.labels(group=d.group or "unknown", action=d.action).inc()
+        if d.action != ALLOW:
+            m.blocks.labels(group=d.group or "unknown", category=d.category or "default").inc()
+
+    @staticmethod
+    def _base(d: Decision, rid: str, client: str, ts: float) -> dict:
+        return {
+            "ts": _iso(ts),
+            "id": rid,
+            "client": client,
+            "user": None,
+            "group": d.group,
+            "action": d.action,
+            "category": d.category,
+            "rule": d.rule,
+        }
+
+    # ------------------------------------------------------------------ mitmproxy hooks
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._flow(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._flow(flow)
+
+    def _flow(self, flow: http.HTTPFlow) -> None:
+        try:
+            d: Decision | None = flow.metadata.get("cipa_decision")
+            rid = flow.metadata.get("cipa_id")
+            if d is None or rid is None:
+                return  # not a request we decided (e.g. the CONNECT flow itself)
+            self._count(d)
+            r = flow.request
+            resp = flow.response
+            end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
+            ms = round((end - r.timestamp_start) * 1000, 1)
+            self.rt.metrics.request_duration.observe(max(0.0, ms / 1000))
+            rec = self._base(d, rid, flow.client_conn.peername[0] if flow.client_conn.peername else "", r.timestamp_start)
+            auth = flow.metadata.get("proxyauth")
+            rec.update(
+                user=auth[0] if auth else None,
+                method=r.method,
+                url=d.url or r.pretty_url,
+                host=r.pretty_host,
+                status=resp.status_code if resp else None,
+                bytes_in=len(r.raw_content or b""),
+                bytes_out=flow.metadata.get("cipa_bytes_out", len(resp.raw_content or b"") if resp and resp.raw_content is not None else 0),
+                ms=ms,
+                ua=r.headers.get("user-agent"),
+                sni=flow.client_conn.sni,
+                tls="intercepted" if r.scheme == "https" else "none",
+            )
+            if flow.error:
+                rec["error"] = flow.error.msg
+            self._write(rec)
+        except Exception:
+            log.exception("cannot record flow")
+            self.rt.metrics.audit_errors.inc()
+
+    # ------------------------------------------------------------------ tunnel-level records
+
+    def connect(self, flow: http.HTTPFlow, d: Decision, rid: str, status: int, tls_mode: str) -> None:
+        """A CONNECT we answered ourselves (refused): its own record."""
+        try:
+            self._count(d)
+            r = flow.request
+            rec = self._base(d, rid, flow.client_conn.peername[0] if flow.client_conn.peername else "", r.timestamp_start)
+            auth = flow.metadata.get("proxyauth")
+            rec.update(
+                user=auth[0] if auth else None, method="CONNECT", url=f"{r.host}:{r.port}", host=r.host,
+                status=status, bytes_in=0, bytes_out=0, ms=round((time.time() - r.timestamp_start) * 1000, 1),
+                ua=r.headers.get("user-agent"), sni=None, tls=tls_mode, reason=d.reason,
+            )  # fmt: skip
+            self._write(rec)
+        except Exception:
+            log.exception("cannot record CONNECT")
+            self.rt.metrics.audit_errors.inc()
+
+    def tunnel(self, client: connection.Client, t: Tunnel, sni: str | None, mode: str) -> None:
+        """A TLS tunnel we did not decrypt: passed through, or cut because it was blocked."""
+        try:
+            d = t.decision
+            self._count(d)
+            rec = self._base(d, t.request_id, client.peername[0] if client.peername else "", t.started)
+            rec.update(
+                user=t.user, method="CONNECT", url=f"{t.host}:{t.port}", host=t.host, status=None,
+                bytes_in=0, bytes_out=0, ms=round((time.time() - t.started) * 1000, 1), ua=None, sni=sni, tls=mode,
+            )  # fmt: skip
+            if d.action != ALLOW:
+                rec["reason"] = d.reason
+            self._write(rec)
+        except Exception:
+            log.exception("cannot record tunnel")
+            self.rt.metrics.audit_errors.inc()
+
+    def refused_client(self, client: connection.Client) -> None:
+        ip = client.peername[0] if client.peername else ""
+        self._write(
+            {
+                "ts": _iso(time.time()), "id": None, "client": ip, "user": None, "group": None,
+                "action": "block", "category": "client_not_allowed", "rule": "config clients",
+                "method": None, "url": None, "host": None, "status": None, "tls": None,
+            }
+        )  # fmt: skip
+
+
+class ByteCounter:
+    """Stream allowed responses (bounded memory) while counting their bytes for the audit record."""
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        d = flow.metadata.get("cipa_decision")
+        if d is None or d.action != ALLOW or flow.response is None:
+            return
+        meta = flow.metadata
+        meta["cipa_bytes_out"] = 0
+
+        def count(chunk: bytes) -> bytes:
+            meta["cipa_bytes_out"] += len(chunk)
+            return chunk
+
+        flow.response.stream = count

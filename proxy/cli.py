@@ -1,0 +1,207 @@
+"""The ``cipa-proxy`` command line.
+
+Every command takes ``--config PATH`` (default ``./config.yaml``) and any
+number of ``--set dotted.key=value`` overrides. Config errors exit 2 with
+every problem listed as ``file:line: key: message``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .config import Config, load_config
+from .yamlpos import InputError
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_CONFIG = 0, 1, 2
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="config.yaml", help="path to config.yaml (default: ./config.yaml)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set listen.port=8080 (repeatable)",
+    )  # fmt: skip
+
+
+def load(args: argparse.Namespace) -> Config:
+    """Load the config named by the common options; raises InputError."""
+    return load_config(args.config, args.overrides)
+
+
+# ---------------------------------------------------------------------------- check
+
+
+def _urls(args: argparse.Namespace) -> Iterable[str]:
+    yield from args.urls
+    if args.file:
+        fh = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        with fh:
+            for line in fh:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    yield line
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .canonical import Malformed, canonical_url
+    from .engine import Engine
+    from .model import BLOCK, Decision, Request
+
+    engine = Engine.build(load(args))
+    for raw in _urls(args):
+        try:
+            u = canonical_url(raw)
+            d = engine.decide(
+                Request(host=u.host, path=u.path, scheme=u.scheme, port=u.port, client=args.client, user=args.user)
+            )
+        except Malformed as exc:
+            g = engine.group_for(args.client, args.user)
+            d = Decision(BLOCK, "malformed", g.name, g.policy, "engine", f"malformed URL: {exc}", raw)
+        if args.format == "json":
+            print(
+                json.dumps(
+                    {"url": raw, "action": d.action, "category": d.category, "group": d.group,
+                     "policy": d.policy, "rule": d.rule, "reason": d.reason},
+                )  # fmt: skip
+            )
+        else:
+            print(f"{d.action.upper():5}  {raw}  [{d.category or '-'}] group={d.group} rule={d.rule}  {d.reason}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- lint
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from .rules import load_rules
+
+    cfg = load(args)
+    try:
+        rules = load_rules(cfg.rules_dir)
+    except InputError as exc:
+        for p in exc.problems:
+            print(f"error: {p}")
+        print(f"{len(exc.problems)} error(s)")
+        return EXIT_PROBLEMS
+    for g in rules.garbage:
+        print(f"warning: {g}")
+    print(f"{'category':24} {'domains':>9} {'urls':>7} {'patterns':>8}  file")
+    for info in rules.categories.values():
+        print(f"{info.name:24} {info.domains:9d} {info.urls:7d} {info.patterns:8d}  {info.file}")
+    unused = set(rules.categories) - {c for p in cfg.policies.values() for c in p.allow | p.block}
+    if unused:
+        print(f"note: categories no policy uses: {', '.join(sorted(unused))}")
+    print(
+        f"ok: {len(rules.categories)} categories, {len(rules.domains)} domains, "
+        f"{sum(len(v) for v in rules.urls.values())} urls, {len(rules.patterns)} patterns, "
+        f"{len(rules.garbage)} ignored list line(s); loaded in {rules.load_seconds:.2f}s"
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- run / ca
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.listen_host is not None:
+        overrides.append(f"listen.host={args.listen_host}")
+    if args.listen_port is not None:
+        overrides.append(f"listen.port={args.listen_port}")
+    args.overrides = overrides
+    cfg = load(args)
+    from addons.master import run  # the only place the CLI touches mitmproxy
+
+    return run(cfg, config_path=Path(args.config), overrides=overrides)
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from . import ca
+
+    cfg = load(args)
+    if args.ca_command == "init":
+        path = ca.init(cfg.tls.confdir, force=args.force)
+        print(f"district CA ready: {path}")
+        return EXIT_OK
+    sys.stdout.buffer.write(ca.export(cfg.tls.confdir, args.format))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cipa-proxy", description="Filtering forward proxy for school networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the filtering proxy")
+    _common(p)
+    p.add_argument("--listen-host", default=None)
+    p.add_argument("--listen-port", type=int, default=None)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="show the decision for URLs, with the rule that made it")
+    _common(p)
+    p.add_argument("urls", nargs="*", metavar="URL")
+    p.add_argument("--client", default="127.0.0.1", help="client IP address (selects the group)")
+    p.add_argument("--user", default=None, help="authenticated user name (selects the group)")
+    p.add_argument("--file", default=None, help="read URLs from a file, one per line ('-' for stdin)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("lint", help="validate config and rules; report every problem with file:line")
+    _common(p)
+    p.set_defaults(func=cmd_lint)
+
+    p = sub.add_parser("ca", help="the district CA used to show block pages on HTTPS")
+    ca_sub = p.add_subparsers(dest="ca_command", required=True)
+    q = ca_sub.add_parser("init", help="create the CA in tls.confdir (no-op if it exists)")
+    _common(q)
+    q.add_argument("--force", action="store_true", help="replace an existing CA")
+    q.set_defaults(func=cmd_ca)
+    q = ca_sub.add_parser("export", help="print the CA certificate for MDM/GPO deployment")
+    _common(q)
+    q.add_argument("--format", choices=("pem", "der"), default="pem")
+    q.set_defaults(func=cmd_ca)
+
+    try:
+        from . import audit_cli
+    except ImportError:  # pragma: no cover - the audit commands ship with the package
+        audit_cli = None
+    if audit_cli is not None:
+        before = set(sub.choices)
+        audit_cli.register(sub)
+        for name in set(sub.choices) - before:
+            _add_common_recursively(sub.choices[name])
+    return parser
+
+
+def _add_common_recursively(p: argparse.ArgumentParser) -> None:
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        if not any("--config" in a.option_strings for a in p._actions):
+            _common(p)
+        return
+    for child in subs[0].choices.values():
+        _add_common_recursively(child)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print("cipa-proxy: configuration problem(s):", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""config.yaml: groups, policies, TLS, audit and metrics, as typed frozen objects.
+
+Everything is validated at load: an unknown key, a wrong type, a bad CIDR or
+a policy naming a category that does not exist is an error naming file, line
+and key, and all problems are reported together, so an admin fixes a file in
+one pass. Frozen objects mean a loaded config can be shared with the event
+loop and swapped whole on reload.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .yamlpos import InputError, Key, Located, Problem, dotted, load_yaml_file
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_CLIENTS = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "::1/128",
+    "fc00::/7",
+)
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "0.0.0.0"
+    port: int = 3128
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    inspect: str = "selective"  # none | selective | all
+    confdir: Path = Path("ca")
+    upstream_ca: Path | None = None
+    connect_ports: tuple[int, ...] = (443,)
+    never_inspect: tuple[str, ...] = ()  # categories passed through undecrypted
+    inspect_domains: tuple[str, ...] = ()  # always decrypt these (and subdomains)
+    verify_upstream: bool = True
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    path: Path = Path("audit")
+    fsync_interval: float = 1.0
+    on_error: str = "block"  # block | allow
+    retention_days: int = 400
+    max_bytes: int = 1 << 30
+    timezone: str = "UTC"
+    log_allowed: bool = True
+    pseudonymize: bool = False
+    pseudonym_key_file: Path | None = None
+    redact_query: bool = False
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "0.0.0.0:9464"  # host:port; empty disables
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True)
+class DistrictConfig:
+    name: str = "School District"
+    contact: str = "Contact your school's IT help desk."
+
+
+@dataclass(frozen=True)
+class Downloads:
+    block_extensions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    allow: frozenset[str] = frozenset()
+    block: frozenset[str] = frozenset()
+    default: str = "allow"  # allow | block (walled garden)
+    safesearch: str = "strict"  # strict | moderate | off
+    ip_literals: str = "block"  # block | allow
+    downloads: Downloads = Downloads()
+    override: bool = False
+    source: str = ""  # "config.yaml:40", for explanations
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    policy: str
+    clients: tuple[Network, ...] = ()
+    users: frozenset[str] = frozenset()
+    source: str = ""
+
+    def matches(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, user: str | None) -> bool:
+        """A group with neither clients nor users matches everyone (the catch-all)."""
+        if not self.clients and not self.users:
+            return True
+        if user is not None and user.lower() in self.users:
+            return True
+        return ip is not None and any(ip in net for net in self.clients if net.version == ip.version)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    listen: ListenConfig = ListenConfig()
+    clients: tuple[Network, ...] = ()
+    groups: tuple[Group, ...] = ()
+    policies: dict[str, Policy] = field(default_factory=dict)
+    rules_dir: Path = Path("rules")
+    upstream: str | None = None
+    on_error: str = "block"
+    tls: TLSConfig = TLSConfig()
+    audit: AuditConfig = AuditConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    district: DistrictConfig = DistrictConfig()
+
+    def client_allowed(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.clients if net.version == addr.version)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Reader:
+    """Pulls typed values out of the located data, collecting problems instead of stopping."""
+
+    def __init__(self, loc: Located):
+        self.loc = loc
+        self.problems: list[Problem] = []
+
+    def fail(self, path: Key, message: str) -> None:
+        self.problems.append(self.loc.problem(path, message))
+
+    def where(self, path: Key) -> str:
+        line = self.loc.line(path)
+        return f"{self.loc.file}:{line}" if line else self.loc.file
+
+    def mapping(self, value: Any, path: Key, allowed: Iterable[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping, got {_kind(value)}")
+            return {}
+        allowed = tuple(allowed)
+        for key in value:
+            if key not in allowed:
+                self.fail((*path, key), f"unknown key (expected one of: {', '.join(allowed)})")
+        return value
+
+    def get(self, m: dict[str, Any], path: Key, key: str, conv: Callable[[Any, Key], Any], default: Any) -> Any:
+        if key not in m or m[key] is None and default is None:
+            return default
+        return conv(m[key], (*path, key))
+
+    # converters: each returns the converted value or the default after recording a problem
+    def str_(self, v: Any, path: Key) -> str:
+        if isinstance(v, str):
+            return v
+        self.fail(path, f"expected a string, got {_kind(v)}")
+        return ""
+
+    def int_(self, v: Any, path: Key, lo: int = 0, hi: int = 1 << 62) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(path, f"expected an integer, got {_kind(v)}")
+            return lo
+        if not lo <= v <= hi:
+            self.fail(path, f"{v} is out of range {lo}..{hi}")
+        return v
+
+    def port(self, v: Any, path: Key) -> int:
+        return self.int_(v, path, 0, 65535)
+
+    def float_(self, v: Any, path: Key) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            self.fail(path, f"expected a non-negative number, got {v!r}")
+            return 0.0
+        return float(v)
+
+    def bool_(self, v: Any, path: Key) -> bool:
+        if isinstance(v, bool):
+            return v
+        self.fail(path, f"expected true or false, got {v!r}")
+        return False
+
+    def choice(self, *choices: str) -> Callable[[Any, Key], str]:
+        def conv(v: Any, path: Key) -> str:
+            if v in choices:
+                return v
+            self.fail(path, f"expected one of {', '.join(choices)}, got {v!r}")
+            return choices[0]
+
+        return conv
+
+    def path_(self, v: Any, path: Key) -> Path:
+        s = self.str_(v, path)
+        p = Path(s).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def list_(self, item: Callable[[Any, Key], Any]) -> Callable[[Any, Key], tuple]:
+        def conv(v: Any, path: Key) -> tuple:
+            if isinstance(v, str | int) and not isinstance(v, bool):
+                v = [v]  # a single value where a list is expected is a common, harmless shorthand
+            if not isinstance(v, list):
+                self.fail(path, f"expected a list, got {_kind(v)}")
+                return ()
+            return tuple(item(x, (*path, i)) for i, x in enumerate(v))
+
+        return conv
+
+    def cidr(self, v: Any, path: Key) -> Network | None:
+        try:
+            return ipaddress.ip_network(str(v), strict=False)
+        except ValueError:
+            self.fail(path, f"not a valid CIDR or address: {v!r}")
+            return None
+
+    def name(self, v: Any, path: Key) -> str:
+        s = self.str_(v, path)
+        if s and not s.replace("_", "").replace("-", "").isalnum():
+            self.fail(path, f"names may hold letters, digits, '-' and '_' only: {s!r}")
+        return s
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "nothing"}.get(
+        type(v), type(v).__name__
+    )
+
+
+def _host_port_ok(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep) and port.isdigit() and 0 <= int(port) <= 65535 and bool(host)
+
+
+def known_categories(rules_dir: Path) -> set[str]:
+    """Category names are the stems of the rule files: cheap to list, no parsing needed."""
+    return {p.stem for p in rules_dir.glob("*.yaml")} if rules_dir.is_dir() else set()
+
+
+# Categories the engine itself produces (not from rule files) that policies may name.
+BUILTIN_CATEGORIES = frozenset({"malformed", "ip_literal", "filter_error"})
+
+
+def _parse(loc: Located, base: Path) -> Config:
+    r = _Reader(loc)
+    r.base = base  # type: ignore[attr-defined]
+    top_keys = (
+        "listen", "clients", "groups", "policies", "rules_dir", "upstream", "on_error",
+        "tls", "audit", "metrics", "district",
+    )  # fmt: skip
+    top = r.mapping(loc.data, (), top_keys)
+    P: Key = ()
+
+    lm = r.mapping(top.get("listen"), ("listen",), ("host", "port"))
+    listen = ListenConfig(
+        host=r.get(lm, ("listen",), "host", r.str_, "0.0.0.0"),
+        port=r.get(lm, ("listen",), "port", r.port, 3128),
+    )
+    clients = r.get(top, P, "clients", r.list_(r.cidr), None)
+    if clients is None:
+        clients = tuple(ipaddress.ip_network(c) for c in DEFAULT_CLIENTS)
+    rules_dir = r.get(top, P, "rules_dir", r.path_, base / "rules")
+    upstream = r.get(top, P, "upstream", r.str_, None) or None
+    if upstream and not upstream.startswith(("http://", "https://")):
+        r.fail(("upstream",), f"expected http://host:port, got {upstream!r}")
+    on_error = r.get(top, P, "on_error", r.choice("block", "allow"), "block")
+
+    tk = ("tls",)
+    tm = r.mapping(
+        top.get("tls"),
+        tk,
+        ("inspect", "confdir", "upstream_ca", "connect_ports", "never_inspect", "inspect_domains", "verify_upstream"),
+    )
+    tls = TLSConfig(
+        inspect=r.get(tm, tk, "inspect", r.choice("selective", "none", "all"), "selective"),
+        confdir=r.get(tm, tk, "confdir", r.path_, base / "ca"),
+        upstream_ca=r.get(tm, tk, "upstream_ca", r.path_, None),
+        connect_ports=r.get(tm, tk, "connect_ports", r.list_(r.port), (443,)),
+        never_inspect=r.get(tm, tk, "never_inspect", r.list_(r.name), ()),
+        inspect_domains=tuple(d.lower().rstrip(".") for d in r.get(tm, tk, "inspect_domains", r.list_(r.str_), ())),
+        verify_upstream=r.get(tm, tk, "verify_upstream", r.bool_, True),
+    )
+
+    ak = ("audit",)
+    am = r.mapping(top.get("audit"), ak, AuditConfig.__dataclass_fields__)
+    audit = AuditConfig(
+        path=r.get(am, ak, "path", r.path_, base / "audit"),
+        fsync_interval=r.get(am, ak, "fsync_interval", r.float_, 1.0),
+        on_error=r.get(am, ak, "on_error", r.choice("block", "allow"), "block"),
+        retention_days=r.get(am, ak, "retention_days", r.int_, 400),
+        max_bytes=r.get(am, ak, "max_bytes", r.int_, 1 << 30),
+        timezone=r.get(am, ak, "timezone", r.str_, "UTC"),
+        log_allowed=r.get(am, ak, "log_allowed", r.bool_, True),
+        pseudonymize=r.get(am, ak, "pseudonymize", r.bool_, False),
+        pseudonym_key_file=r.get(am, ak, "pseudonym_key_file", r.path_, None),
+        redact_query=r.get(am, ak, "redact_query", r.bool_, False),
+    )
+    try:
+        import zoneinfo
+
+        zoneinfo.ZoneInfo(audit.timezone)
+    except Exception:
+        r.fail((*ak, "timezone"), f"unknown time zone {audit.timezone!r}")
+
+    mk = ("metrics",)
+    mm = r.mapping(top.get("metrics"), mk, ("listen",))
+    metrics = MetricsConfig(listen=r.get(mm, mk, "listen", r.str_, "0.0.0.0:9464"))
+    if metrics.listen and not _host_port_ok(metrics.listen):
+        r.fail((*mk, "listen"), f"expected host:port, got {metrics.listen!r}")
+
+    dk = ("district",)
+    dm = r.mapping(top.get("district"), dk, ("name", "contact"))
+    district = DistrictConfig(
+        name=r.get(dm, dk, "name", r.str_, DistrictConfig.name),
+        contact=r.get(dm, dk, "contact", r.str_, DistrictConfig.contact),
+    )
+
+    categories = known_categories(rules_dir) | BUILTIN_CATEGORIES
+    if not rules_dir.is_dir():
+        r.fail(("rules_dir",), f"rules directory {rules_dir} does not exist")
+
+    def category(v: Any, path: Key) -> str:
+        s = r.name(v, path)
+        if s and rules_dir.is_dir() and s not in categories:
+            r.fail(path, f"unknown category {s!r} (no {s}.yaml in {rules_dir})")
+        return s
+
+    for i, c in enumerate(tls.never_inspect):
+        category(c, (*tk, "never_inspect", i))
+
+    policies: dict[str, Policy] = {}
+    pm = r.mapping(top.get("policies"), ("policies",), top.get("policies") or {})
+    policy_keys = ("allow", "block", "default", "safesearch", "ip_literals", "downloads", "override")
+    for pname, pval in pm.items():
+        pk: Key = ("policies", pname)
+        r.name(pname, pk)
+        p = r.mapping(pval, pk, policy_keys)
+        allow = frozenset(r.get(p, pk, "allow", r.list_(category), ()))
+        block = frozenset(r.get(p, pk, "block", r.list_(category), ()))
+        for both in sorted(allow & block):
+            r.fail((*pk, "block"), f"category {both!r} is in both allow and block")
+        dl = r.mapping(p.get("downloads"), (*pk, "downloads"), ("block_extensions",))
+        exts = r.get(dl, (*pk, "downloads"), "block_extensions", r.list_(r.str_), ())
+        policies[pname] = Policy(
+            name=pname,
+            allow=allow,
+            block=block,
+            default=r.get(p, pk, "default", r.choice("allow", "block"), "allow"),
+            safesearch=r.get(p, pk, "safesearch", r.choice("strict", "moderate", "off"), "strict"),
+            ip_literals=r.get(p, pk, "ip_literals", r.choice("block", "allow"), "block"),
+            downloads=Downloads(tuple(e.lower().lstrip(".") for e in exts)),
+            override=r.get(p, pk, "override", r.bool_, False),
+            source=r.where(pk),
+        )
+    if not policies:
+        r.fail(("policies",), "at least one policy is required")
+
+    groups: list[Group] = []
+    seen: set[str] = set()
+    graw = top.get("groups")
+    if graw is not None and not isinstance(graw, list):
+        r.fail(("groups",), f"expected a list of groups, got {_kind(graw)}")
+        graw = []
+    for i, gval in enumerate(graw or []):
+        gk: Key = ("groups", i)
+        g = r.mapping(gval, gk, ("name", "policy", "clients", "users"))
+        name = r.get(g, gk, "name", r.name, "")
+        if not name:
+            r.fail(gk, "a group needs a name")
+        elif name in seen:
+            r.fail((*gk, "name"), f"duplicate group name {name!r}")
+        seen.add(name)
+        policy = r.get(g, gk, "policy", r.str_, "")
+        if not policy:
+            r.fail(gk, "a group needs a policy")
+        elif policy not in policies:
+            r.fail((*gk, "policy"), f"unknown policy {policy!r} (defined: {', '.join(sorted(policies))})")
+        nets = tuple(n for n in r.get(g, gk, "clients", r.list_(r.cidr), ()) if n is not None)
+        users = frozenset(u.lower() for u in r.get(g, gk, "users", r.list_(r.str_), ()))
+        groups.append(Group(name=name, policy=policy, clients=nets, users=users, source=r.where(gk)))
+    if not groups:
+        r.fail(("groups",), "at least one group is required (a group with no clients/users is the catch-all)")
+
+    if r.problems:
+        raise InputError(r.problems)
+    return Config(
+        source=Path(loc.file),
+        listen=listen,
+        clients=tuple(c for c in clients if c is not None),
+        groups=tuple(groups),
+        policies=policies,
+        rules_dir=rules_dir,
+        upstream=upstream,
+        on_error=on_error,
+        tls=tls,
+        audit=audit,
+        metrics=metrics,
+        district=district,
+    )
+
+
+def apply_overrides(loc: Located, overrides: Sequence[str]) -> None:
+    """Apply ``dotted.key=value`` settings (values parsed as YAML scalars) onto the data.
+
+    Their positions are recorded as ``--set`` so errors point at the command line.
+    """
+    if loc.data is None:
+        loc.data = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError([Problem("--set", None, item, "expected dotted.key=value")])
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        node = loc.data
+        for depth, part in enumerate(parts[:-1]):
+            nxt = node.get(part) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = {}
+                node[part] = nxt
+            if not isinstance(nxt, dict):
+                raise InputError([Problem("--set", None, ".".join(parts[: depth + 1]), "is not a mapping")])
+            node = nxt
+        node[parts[-1]] = value
+        loc.lines.pop(tuple(parts), None)
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load and validate a config file; raise InputError listing every problem."""
+    path = Path(path)
+    loc = load_yaml_file(path)
+    apply_overrides(loc, overrides)
+    return _parse(loc, path.resolve().parent)
+
+
+__all__ = [
+    "AuditConfig",
+    "Config",
+    "DistrictConfig",
+    "Group",
+    "InputError",
+    "ListenConfig",
+    "MetricsConfig",
+    "Policy",
+    "TLSConfig",
+    "dotted",
+    "load_config",
+]

@@ -1,0 +1,271 @@
+"""The decision: (request facts, compiled rules, config) -> allow or block, explained.
+
+``Engine.decide`` is a pure function with no I/O, so it can run inline on the
+proxy's event loop, be exercised from the CLI with exactly the same result,
+and be tested without a proxy. It never raises: garbage in is a ``malformed``
+block, and an internal error is a ``filter_error`` block (fail closed).
+
+Precedence (DESIGN.md): the most specific match wins — URL prefix > longer
+domain suffix > shorter suffix > pattern > the policy's default — and on a
+tie an allow beats a block, because staff add allow entries on purpose.
+Categories a policy names in neither ``allow`` nor ``block`` are ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from .canonical import Malformed, canonical_host, canonical_path, is_ip_literal
+from .config import Config, Group, Policy
+from .domains import registered_domain
+from .model import ALLOW, BLOCK, Decision, Request
+from .rules import _MAX_CATEGORIES, RuleSet, load_rules
+
+log = logging.getLogger("cipa.engine")
+
+_CAT_MASK = _MAX_CATEGORIES - 1
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Ranks of match kinds: higher is more specific.
+_URL, _DOMAIN, _PATTERN = 3, 2, 1
+
+
+@dataclass(frozen=True, slots=True)
+class _PolicyView:
+    """A policy resolved against the rule set's category ids for O(1) lookups."""
+
+    policy: Policy
+    actions: tuple[str | None, ...]  # category id -> ALLOW / BLOCK / None (not named)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    rank: int
+    specificity: int
+    action: str
+    ref: int
+
+
+class Engine:
+    """Compiled rules plus config; immutable once built, swapped whole on reload."""
+
+    def __init__(self, config: Config, rules: RuleSet):
+        self.config = config
+        self.rules = rules
+        self._views: dict[str, _PolicyView] = {}
+        for name, policy in config.policies.items():
+            actions: list[str | None] = []
+            for cat in rules.cat_names:
+                actions.append(ALLOW if cat in policy.allow else BLOCK if cat in policy.block else None)
+            self._views[name] = _PolicyView(policy, tuple(actions))
+        self._groups: dict[tuple[str, str | None], Group] = {}
+        self._url_hosts = frozenset(rules.urls)
+        self._has_patterns = rules.pattern_set is not None
+
+    @classmethod
+    def build(cls, config: Config) -> Engine:
+        """Load the rules named by ``config`` (slow: call it off the event loop)."""
+        return cls(config, load_rules(config.rules_dir))
+
+    # ------------------------------------------------------------------ groups
+
+    def group_for(self, client: str, user: str | None = None) -> Group:
+        """First matching group in config order; falls back to the last group."""
+        key = (client, user)
+        group = self._groups.get(key)
+        if group is not None:
+            return group
+        try:
+            ip = ipaddress.ip_address(client.split("%", 1)[0]) if client else None
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+        except ValueError:
+            ip = None
+        groups = self.config.groups
+        group = next((g for g in groups if g.matches(ip, user)), groups[-1])
+        if len(self._groups) > 65536:
+            self._groups.clear()
+        self._groups[key] = group
+        return group
+
+    # ------------------------------------------------------------------ classify
+
+    def _best(self, view: _PolicyView, host: str, path_l: str, url_text: str, ip: bool) -> Match | None:
+        """The most specific match that the policy cares about, or None."""
+        actions = view.actions
+        rules = self.rules
+        best: Match | None = None
+
+        # 1. URL prefixes, over the host and every parent domain.
+        if self._url_hosts:
+            s = host
+            while True:
+                entries = rules.urls.get(s)
+                if entries:
+                    for prefix, ref in entries:
+                        action = actions[ref & _CAT_MASK]
+                        if action is None or not _path_has_prefix(path_l, prefix):
+                            continue
+                        spec = len(s) + len(prefix)
+                        if best is None or spec > best.specificity or (spec == best.specificity and action == ALLOW):
+                            best = Match(_URL, spec, action, ref)
+                if ip:
+                    break
+                dot = s.find(".")
+                if dot < 0:
+                    break
+                s = s[dot + 1 :]
+            if best is not None:
+                return best
+
+        # 2. Domains: the longest suffix with a category the policy names decides.
+        domains = rules.domains
+        s = host
+        while True:
+            hit = domains.get(s)
+            if hit is not None:
+                for ref in hit if isinstance(hit, tuple) else (hit,):
+                    action = actions[ref & _CAT_MASK]
+                    if action is not None and (best is None or action == ALLOW):
+                        best = Match(_DOMAIN, s.count(".") + 1, action, ref)
+                if best is not None:
+                    return best
+            if ip:
+                break
+            dot = s.find(".")
+            if dot < 0:
+                break
+            s = s[dot + 1 :]
+
+        # 3. Patterns on the canonical URL text.
+        if self._has_patterns:
+            hits = rules.pattern_set.Match(url_text)
+            if hits:
+                for i in sorted(hits):
+                    ref = rules.patterns[i][0]
+                    action = actions[ref & _CAT_MASK]
+                    if action is not None and (best is None or action == ALLOW and best.action != ALLOW):
+                        best = Match(_PATTERN, 0, action, ref)
+        return best
+
+    # ------------------------------------------------------------------ decide
+
+    def decide(self, req: Request) -> Decision:
+        """Decide one request. Never raises."""
+        try:
+            return self._decide(req)
+        except Exception as exc:  # fail closed: a bug must not open the filter
+            log.exception("filter error deciding %r", req)
+            return self.error_decision(req, exc)
+
+    def error_decision(self, req: Request, exc: BaseException) -> Decision:
+        """The decision for a request the filter could not decide (``on_error``, block by default)."""
+        action = ALLOW if self.config.on_error == "allow" else BLOCK
+        try:
+            group = self.group_for(req.client, req.user)
+            gname, pname = group.name, group.policy
+        except Exception:
+            gname = pname = "unknown"
+        return Decision(
+            action,
+            "filter_error",
+            gname,
+            pname,
+            "engine",
+            f"filter error ({type(exc).__name__}): the request was {'allowed (on_error: allow)' if action == ALLOW else 'blocked to stay safe'}",
+            f"{req.scheme}://{req.host}{req.path}",
+        )
+
+    def _decide(self, req: Request) -> Decision:
+        group = self.group_for(req.client, req.user)
+        view = self._views[group.policy]
+        policy = view.policy
+        try:
+            host = canonical_host(req.host)
+            path = canonical_path(req.path or "/")
+            others = [canonical_host(o) for o in (req.sni, req.host_header) if o]
+        except Malformed as exc:
+            return Decision(
+                BLOCK, "malformed", group.name, policy.name, "engine", f"malformed request: {exc}",
+                f"{req.scheme}://{req.host}{req.path}",
+            )  # fmt: skip
+        scheme = req.scheme.lower() if req.scheme else "http"
+        port = req.port if req.port and req.port != _DEFAULT_PORTS.get(scheme) else None
+        url = f"{scheme}://{host}{':' + str(port) if port else ''}{path}"
+
+        decision = self._classify(group, view, host, path, url)
+        for other in others:
+            if other == host or decision.blocked:
+                continue
+            # The TLS name or Host header differs from the host connected to: the stricter
+            # verdict applies, and a different registered domain is domain fronting.
+            other_decision = self._classify(group, view, other, path, f"{scheme}://{other}{path}")
+            if other_decision.blocked:
+                return other_decision
+            if registered_domain(other) != registered_domain(host):
+                return Decision(
+                    BLOCK, "sni_mismatch", group.name, policy.name, "engine",
+                    f"the server name {other!r} does not match the requested host {host!r} (domain fronting)", url,
+                )  # fmt: skip
+        return decision
+
+    def _classify(self, group: Group, view: _PolicyView, host: str, path: str, url: str) -> Decision:
+        policy = view.policy
+        ip = is_ip_literal(host)
+        match = self._best(view, host, path.lower(), host + path, ip)
+        rules = self.rules
+        if match is not None:
+            category = rules.category_of(match.ref)
+            info = rules.categories[category]
+            what = f"{info.description} ({category})" if info.description else category
+            verb = "blocked" if match.action == BLOCK else "allowed"
+            return Decision(
+                match.action, category, group.name, policy.name, rules.source(match.ref),
+                f"{what}: {verb} for group {group.name}", url,
+            )  # fmt: skip
+        if ip and policy.ip_literals == BLOCK:
+            return Decision(
+                BLOCK, "ip_literal", group.name, policy.name, f"{policy.source} (ip_literals: block)",
+                f"sites addressed by IP number are blocked for group {group.name}", url,
+            )  # fmt: skip
+        if policy.default == BLOCK:
+            return Decision(
+                BLOCK, None, group.name, policy.name, f"{policy.source} (default: block)",
+                "this site is not on the approved list", url,
+            )  # fmt: skip
+        return Decision(
+            ALLOW, None, group.name, policy.name, f"{policy.source} (default: allow)",
+            "no rule matched; the policy allows by default", url,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ helpers for the proxy
+
+    def has_url_rules(self, host: str) -> bool:
+        """True when some URL-prefix entry applies under ``host``: a host-only verdict is not final."""
+        if not self._url_hosts:
+            return False
+        s = host
+        while True:
+            if s in self._url_hosts:
+                return True
+            dot = s.find(".")
+            if dot < 0:
+                return False
+            s = s[dot + 1 :]
+
+
+def _path_has_prefix(path: str, prefix: str) -> bool:
+    """Prefix match at a path boundary: '/casino' matches '/casino/x' but not '/casinos'."""
+    if not path.startswith(prefix):
+        return False
+    if len(path) == len(prefix) or prefix.endswith("/"):
+        return True
+    nxt = path[len(prefix)]
+    if "?" in prefix:
+        return nxt == "&"
+    return nxt in "/?;."
+
+
+__all__ = ["Engine", "Match"]

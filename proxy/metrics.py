@@ -1,0 +1,122 @@
+"""Prometheus metrics and the health endpoints, served from a small thread.
+
+Names follow Prometheus conventions (``cipa_`` prefix, base units, ``_total``
+counters). Labels never carry hosts, users or client addresses: those would
+explode cardinality and leak personal data into the monitoring system.
+The HTTP server runs in its own thread so that a slow scrape never touches
+the proxy's event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import exposition as _exposition
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+log = logging.getLogger("cipa.metrics")
+
+# Decisions take microseconds; whole requests take milliseconds to seconds.
+_DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025)
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """All of cipa-proxy's metrics in one registry (one per process; tests make their own)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.requests = Counter("cipa_requests", "Requests decided, by group and action.", ["group", "action"], registry=r)
+        self.blocks = Counter("cipa_blocks", "Blocked requests, by group and category.", ["group", "category"], registry=r)
+        self.decision_seconds = Histogram(
+            "cipa_decision_seconds", "Time the engine spent deciding one request.", buckets=_DECISION_BUCKETS, registry=r
+        )
+        self.request_duration = Histogram(
+            "cipa_request_duration_seconds", "Whole request time as the proxy saw it.", buckets=_REQUEST_BUCKETS, registry=r
+        )
+        self.rules_entries = Gauge("cipa_rules_entries", "Rule entries loaded, by category.", ["category"], registry=r)
+        self.rules_loaded = Gauge(
+            "cipa_rules_loaded_timestamp_seconds", "When the rules in force were loaded (Unix time).", registry=r
+        )
+        self.reloads = Counter("cipa_rules_reloads", "Rule (re)loads, by result.", ["result"], registry=r)
+        self.reload_error = Gauge(
+            "cipa_rules_reload_error", "1 while the last reload failed (old rules still serving).", registry=r
+        )
+        self.operative = Gauge("cipa_filter_operative", "1 while rules are loaded and the engine answers.", registry=r)
+        self.tls = Counter("cipa_tls_connections", "TLS connections, by handling.", ["mode"], registry=r)
+        self.audit_records = Counter("cipa_audit_records", "Audit records written.", registry=r)
+        self.audit_errors = Counter("cipa_audit_errors", "Audit records that could not be written.", registry=r)
+        self.safesearch = Counter(
+            "cipa_safesearch_enforced", "SafeSearch rewrites or routings, by engine.", ["engine"], registry=r
+        )
+        self.bypass = Counter("cipa_bypass_attempts", "Detected filter bypass attempts, by kind.", ["kind"], registry=r)
+        self.clients_refused = Counter(
+            "cipa_clients_refused", "Connections refused because the client is not allowed to use the proxy.", registry=r
+        )
+        self.filter_errors = Counter("cipa_filter_errors", "Errors inside a deciding hook (fail closed).", registry=r)
+        for mode in ("intercepted", "passthrough", "refused"):
+            self.tls.labels(mode=mode)
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
+
+    def set_rules(self, entries: dict[str, int], loaded_at: float) -> None:
+        for category, count in entries.items():
+            self.rules_entries.labels(category=category).set(count)
+        self.rules_loaded.set(loaded_at)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, ctype, status = self.server.metrics.exposition(), _exposition.CONTENT_TYPE_LATEST, 200
+        elif path == "/healthz":
+            body, ctype, status = b"ok\n", "text/plain", 200
+        elif path == "/readyz":
+            problems = self.server.readiness()
+            status = 200 if not problems else 503
+            body = ("ready\n" if not problems else "not ready: " + "; ".join(problems) + "\n").encode()
+            ctype = "text/plain"
+        else:
+            body, ctype, status = b"not found\n", "text/plain", 404
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    metrics: Metrics
+    readiness: Callable[[], list[str]]
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def serve(metrics: Metrics, host: str, port: int, readiness: Callable[[], list[str]]) -> _Server:
+    """Start the metrics/health server in a daemon thread; returns it (``server_address`` has the real port)."""
+    server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
+    server.metrics = metrics
+    server.readiness = readiness
+    threading.Thread(target=server.serve_forever, name="cipa-metrics", daemon=True).start()
+    return server
