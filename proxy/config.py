@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .yamlpos import InputError, Key, Located, Problem, dotted, load_yaml_file
+from .yamlpos import FROM_COMMAND_LINE, InputError, Key, Located, Problem, dotted, load_yaml_file
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -448,7 +448,7 @@ def apply_overrides(loc: Located, overrides: Sequence[str]) -> None:
                 raise InputError([Problem("--set", None, ".".join(parts[: depth + 1]), "is not a mapping")])
             node = nxt
         node[parts[-1]] = value
-        loc.lines.pop(tuple(parts), None)
+        loc.lines[tuple(parts)] = FROM_COMMAND_LINE
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:

@@ -16,10 +16,11 @@ _extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_ps
 
 @lru_cache(maxsize=16384)
 def registered_domain(host: str) -> str:
-    """``www.example.co.uk`` -> ``example.co.uk``; IPs and bare suffixes return themselves."""
+    """``www.example.co.uk`` -> ``example.co.uk``; IP literals return themselves."""
     if host.startswith("[") or host.replace(".", "").isdigit():
         return host
     ext = _extract(host)
     if ext.domain and ext.suffix:
         return f"{ext.domain}.{ext.suffix}"
-    return host
+    # Not under a known public suffix (internal names, test TLDs): the last two labels.
+    return ".".join(host.rsplit(".", 2)[-2:])

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 Key = tuple[str | int, ...]
+FROM_COMMAND_LINE = -1  # the "line" of a value given with --set
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,10 @@ class Located:
         return self.lines.get(())
 
     def problem(self, path: Key, message: str) -> Problem:
-        return Problem(self.file, self.line(path), dotted(path), message)
+        line = self.line(path)
+        if line == FROM_COMMAND_LINE:
+            return Problem("--set", None, dotted(path), message)
+        return Problem(self.file, line, dotted(path), message)
 
 
 def dotted(path: Key) -> str:
