@@ -50,7 +50,9 @@ def _user(flow: http.HTTPFlow) -> str | None:
     return auth[0] if auth else None
 
 
-def _special(category: str, reason: str, group: str = "", policy: str = "", url: str = "") -> Decision:
+def _special(
+    category: str, reason: str, group: str = "", policy: str = "", url: str = ""
+) -> Decision:
     return Decision(BLOCK, category, group, policy, "engine", reason, url)
 
 
@@ -72,7 +74,9 @@ class Filter:
 
     def _may_intercept(self, d: Decision) -> bool:
         tls_cfg = self.rt.config.tls
-        return tls_cfg.inspect != "none" and (d.category is None or d.category not in tls_cfg.never_inspect)
+        return tls_cfg.inspect != "none" and (
+            d.category is None or d.category not in tls_cfg.never_inspect
+        )
 
     def _wants_intercept(self, engine: Engine, host: str, d: Decision) -> bool:
         """Selective inspection: decrypt only what needs it (the rest passes through untouched)."""
@@ -89,10 +93,18 @@ class Filter:
             return True
         return any(h == dom or h.endswith("." + dom) for dom in tls_cfg.inspect_domains)
 
-    def _refuse_connect(self, flow: http.HTTPFlow, d: Decision, status: int, rid: str, kind: str | None = None) -> None:
+    def _refuse_connect(
+        self, flow: http.HTTPFlow, d: Decision, status: int, rid: str, kind: str | None = None
+    ) -> None:
         body = f"Blocked by the school's Internet filter: {d.reason}\nRequest ID: {rid}\n".encode()
         flow.response = http.Response.make(
-            status, body, {"Content-Type": "text/plain; charset=utf-8", "X-Cipa-Request-Id": rid, "Cache-Control": "no-store"}
+            status,
+            body,
+            {
+                "Content-Type": "text/plain; charset=utf-8",
+                "X-Cipa-Request-Id": rid,
+                "Cache-Control": "no-store",
+            },
         )
         self.rt.metrics.tls.labels(mode="refused").inc()
         if kind:
@@ -108,11 +120,27 @@ class Filter:
             client = _client_ip(flow.client_conn)
             host, port = flow.request.host, flow.request.port
             if engine is None:
-                return self._refuse_connect(flow, _special("not_ready", "the filter is starting"), 503, rid)
-            req = Request(host=host, path="/", scheme="https", port=port, method="CONNECT", client=client, user=_user(flow))
+                return self._refuse_connect(
+                    flow, _special("not_ready", "the filter is starting"), 503, rid
+                )
+            req = Request(
+                host=host,
+                path="/",
+                scheme="https",
+                port=port,
+                method="CONNECT",
+                client=client,
+                user=_user(flow),
+            )
             if port not in self.rt.config.tls.connect_ports:
                 g = engine.group_for(client, req.user)
-                d = _special("port", f"CONNECT to port {port} is not allowed", g.name, g.policy, f"{host}:{port}")
+                d = _special(
+                    "port",
+                    f"CONNECT to port {port} is not allowed",
+                    g.name,
+                    g.policy,
+                    f"{host}:{port}",
+                )
                 return self._refuse_connect(flow, d, 403, rid, kind="connect_port")
             d = self._decide(engine, req)
             if d.category == "malformed":
@@ -120,7 +148,9 @@ class Filter:
             intercept = self._wants_intercept(engine, host, d)
             if d.blocked and not intercept:
                 return self._refuse_connect(flow, d, 403, rid)
-            self.tunnels[flow.client_conn.id] = Tunnel(host, port, d, intercept, rid, time.time(), req.user)
+            self.tunnels[flow.client_conn.id] = Tunnel(
+                host, port, d, intercept, rid, time.time(), req.user
+            )
         except Exception:
             log.exception("filter error in http_connect (request %s); refusing the tunnel", rid)
             self.rt.metrics.filter_errors.inc()
@@ -141,9 +171,18 @@ class Filter:
                 server = data.context.server.address
                 host = sni or (server[0] if server else "")
                 port = server[1] if server else 443
-                req = Request(host=host, path="/", scheme="https", port=port, client=_client_ip(client))
+                req = Request(
+                    host=host, path="/", scheme="https", port=port, client=_client_ip(client)
+                )
                 d = self._decide(engine, req)
-                t = Tunnel(host, port, d, self._wants_intercept(engine, host, d), new_request_id(), time.time())
+                t = Tunnel(
+                    host,
+                    port,
+                    d,
+                    self._wants_intercept(engine, host, d),
+                    new_request_id(),
+                    time.time(),
+                )
                 self.tunnels[client.id] = t
             elif sni and sni != t.host:
                 req = Request(
@@ -171,7 +210,13 @@ class Filter:
                 t.kill = True
             else:
                 self.tunnels[client.id] = Tunnel(
-                    "", 0, _special("filter_error", "filter error"), False, new_request_id(), time.time(), kill=True
+                    "",
+                    0,
+                    _special("filter_error", "filter error"),
+                    False,
+                    new_request_id(),
+                    time.time(),
+                    kill=True,
                 )
             data.ignore_connection = True
 
@@ -196,11 +241,15 @@ class Filter:
                 return self._block(flow, _special("not_ready", "the filter is starting"), rid, 503)
             audit = self.rt.audit
             if audit is not None and audit.blocks_new_requests:
-                return self._block(flow, _special("audit_unavailable", "the audit log cannot be written"), rid, 503)
+                return self._block(
+                    flow, _special("audit_unavailable", "the audit log cannot be written"), rid, 503
+                )
             r = flow.request
             host_header = r.host_header
             if host_header:
-                host_header = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+                host_header = (
+                    host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+                )
             req = Request(
                 host=r.host,
                 path=r.path,
@@ -210,7 +259,9 @@ class Filter:
                 client=_client_ip(flow.client_conn),
                 user=_user(flow),
                 sni=flow.client_conn.sni,
-                host_header=host_header if host_header and host_header.lower() != r.host.lower() else None,
+                host_header=host_header
+                if host_header and host_header.lower() != r.host.lower()
+                else None,
             )
             d = self._decide(engine, req)
             flow.metadata["cipa_decision"] = d
@@ -221,7 +272,12 @@ class Filter:
         except Exception:
             log.exception("filter error in request %s; blocking", rid)
             self.rt.metrics.filter_errors.inc()
-            self._block(flow, _special("filter_error", "filter error (the request was blocked to stay safe)"), rid, 403)
+            self._block(
+                flow,
+                _special("filter_error", "filter error (the request was blocked to stay safe)"),
+                rid,
+                403,
+            )
 
     def _block(self, flow: http.HTTPFlow, d: Decision, rid: str, status: int) -> None:
         flow.metadata["cipa_decision"] = d
@@ -240,5 +296,8 @@ class Filter:
             )
         except Exception:
             log.exception("cannot render the block page for %s", rid)
-            headers, body = {"Content-Type": "text/plain", "Cache-Control": "no-store"}, b"Blocked.\n"
+            headers, body = (
+                {"Content-Type": "text/plain", "Cache-Control": "no-store"},
+                b"Blocked.\n",
+            )
         flow.response = http.Response.make(status, body, headers)

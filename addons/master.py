@@ -32,7 +32,7 @@ from proxy.yamlpos import InputError
 
 from .access import Access
 from .filter import Filter
-from .record import ByteCounter, Recorder
+from .record import MITM_SERVER_LOGGER, ByteCounter, ProtocolErrorAudit, Recorder
 from .runtime import Runtime
 
 log = logging.getLogger("cipa.proxy")
@@ -87,7 +87,9 @@ class CachedAddonManager(addonmanager.AddonManager):
             except exceptions.OptionsError:
                 raise
             except Exception:
-                logging.getLogger("mitmproxy.addonmanager").exception("Addon error in %s", event.name)
+                logging.getLogger("mitmproxy.addonmanager").exception(
+                    "Addon error in %s", event.name
+                )
 
 
 class CipaMaster(master.Master):
@@ -98,6 +100,8 @@ class CipaMaster(master.Master):
         self.addons = CachedAddonManager(self)
         self._legacy_log_events.uninstall()  # lean logging: no per-record add_log events
         recorder = Recorder(rt)
+        self._protocol_errors = ProtocolErrorAudit(recorder)
+        logging.getLogger(MITM_SERVER_LOGGER).addHandler(self._protocol_errors)
         self.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),
@@ -111,6 +115,7 @@ class CipaMaster(master.Master):
 
     async def done(self) -> None:
         await self.addons.trigger_event(hooks.DoneHook())
+        logging.getLogger(MITM_SERVER_LOGGER).removeHandler(self._protocol_errors)
 
 
 def mitm_options(cfg: Config) -> dict:
@@ -131,15 +136,23 @@ def mitm_options(cfg: Config) -> dict:
     return opts
 
 
+def _quiet_mitmproxy(record: logging.LogRecord) -> bool:
+    """mitmproxy's per-connection INFO chatter stays off the console (warnings still show)."""
+    return record.levelno >= logging.WARNING or not record.name.startswith("mitmproxy")
+
+
 def _setup_logging() -> None:
     root = logging.getLogger()
     root.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_quiet_mitmproxy)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    for noisy in ("mitmproxy.proxy.server", "mitmproxy.proxy", "hpack", "asyncio"):
+    for noisy in ("mitmproxy.proxy", "hpack", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # INFO here carries "could not parse this request": audited by ProtocolErrorAudit.
+    logging.getLogger(MITM_SERVER_LOGGER).setLevel(logging.INFO)
 
 
 def _say(line: str) -> None:
@@ -164,7 +177,9 @@ async def _load_rules(rt: Runtime, cfg: Config) -> None:
         rt.metrics.reloads.labels(result="failure").inc()
         for p in exc.problems:
             log.error("rules: %s", p)
-        _say(f"cipa-proxy rules failed to load ({len(exc.problems)} problem(s)); blocking everything")
+        _say(
+            f"cipa-proxy rules failed to load ({len(exc.problems)} problem(s)); blocking everything"
+        )
         return
     rt.set_engine(engine)
     rt.metrics.reloads.labels(result="success").inc()
@@ -176,7 +191,9 @@ async def _serve(cfg: Config) -> int:
     rt = Runtime(cfg)
     rt.metrics.operative.set(0)
     ca.init(cfg.tls.confdir)
-    certs.CERT_EXPIRY = ca.LEAF_VALIDITY  # mitmproxy reads this module global when minting leaf certificates
+    certs.CERT_EXPIRY = (
+        ca.LEAF_VALIDITY
+    )  # mitmproxy reads this module global when minting leaf certificates
     rt.audit = _open_audit(cfg)
 
     opts = options.Options()

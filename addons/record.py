@@ -9,6 +9,7 @@ TLS connection) are recorded by the filter through ``connect``/``tunnel``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from mitmproxy import connection, http
 
 from proxy.model import ALLOW, Decision
 
-from .runtime import Runtime
+from .runtime import Runtime, new_request_id
 
 if TYPE_CHECKING:
     from .filter import Tunnel
@@ -80,6 +81,16 @@ class Recorder:
             d: Decision | None = flow.metadata.get("cipa_decision")
             rid = flow.metadata.get("cipa_id")
             if d is None or rid is None:
+                if (
+                    flow.error is not None
+                    and flow.request.method != "CONNECT"
+                    and flow.metadata.get("cipa_id") is None
+                ):
+                    # mitmproxy refused the request itself (protocol error) before our hooks ran
+                    self.malformed(
+                        flow.client_conn.peername[0] if flow.client_conn.peername else "",
+                        flow.error.msg,
+                    )
                 return  # not a request we decided (e.g. the CONNECT flow itself)
             self._count(d)
             r = flow.request
@@ -87,7 +98,12 @@ class Recorder:
             end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
             ms = round((end - r.timestamp_start) * 1000, 1)
             self.rt.metrics.request_duration.observe(max(0.0, ms / 1000))
-            rec = self._base(d, rid, flow.client_conn.peername[0] if flow.client_conn.peername else "", r.timestamp_start)
+            rec = self._base(
+                d,
+                rid,
+                flow.client_conn.peername[0] if flow.client_conn.peername else "",
+                r.timestamp_start,
+            )
             auth = flow.metadata.get("proxyauth")
             rec.update(
                 user=auth[0] if auth else None,
@@ -96,7 +112,10 @@ class Recorder:
                 host=r.pretty_host,
                 status=resp.status_code if resp else None,
                 bytes_in=len(r.raw_content or b""),
-                bytes_out=flow.metadata.get("cipa_bytes_out", len(resp.raw_content or b"") if resp and resp.raw_content is not None else 0),
+                bytes_out=flow.metadata.get(
+                    "cipa_bytes_out",
+                    len(resp.raw_content or b"") if resp and resp.raw_content is not None else 0,
+                ),
                 ms=ms,
                 ua=r.headers.get("user-agent"),
                 sni=flow.client_conn.sni,
@@ -111,12 +130,19 @@ class Recorder:
 
     # ------------------------------------------------------------------ tunnel-level records
 
-    def connect(self, flow: http.HTTPFlow, d: Decision, rid: str, status: int, tls_mode: str) -> None:
+    def connect(
+        self, flow: http.HTTPFlow, d: Decision, rid: str, status: int, tls_mode: str
+    ) -> None:
         """A CONNECT we answered ourselves (refused): its own record."""
         try:
             self._count(d)
             r = flow.request
-            rec = self._base(d, rid, flow.client_conn.peername[0] if flow.client_conn.peername else "", r.timestamp_start)
+            rec = self._base(
+                d,
+                rid,
+                flow.client_conn.peername[0] if flow.client_conn.peername else "",
+                r.timestamp_start,
+            )
             auth = flow.metadata.get("proxyauth")
             rec.update(
                 user=auth[0] if auth else None, method="CONNECT", url=f"{r.host}:{r.port}", host=r.host,
@@ -133,7 +159,9 @@ class Recorder:
         try:
             d = t.decision
             self._count(d)
-            rec = self._base(d, t.request_id, client.peername[0] if client.peername else "", t.started)
+            rec = self._base(
+                d, t.request_id, client.peername[0] if client.peername else "", t.started
+            )
             rec.update(
                 user=t.user, method="CONNECT", url=f"{t.host}:{t.port}", host=t.host, status=None,
                 bytes_in=0, bytes_out=0, ms=round((time.time() - t.started) * 1000, 1), ua=None, sni=sni, tls=mode,
@@ -144,6 +172,18 @@ class Recorder:
         except Exception:
             log.exception("cannot record tunnel")
             self.rt.metrics.audit_errors.inc()
+
+    def malformed(self, client: str, detail: str) -> None:
+        """A request mitmproxy rejected with 400 before any hook saw it."""
+        d = Decision("block", "malformed", "", "", "mitmproxy", f"malformed request: {detail}")
+        self._count(d)
+        self._write(
+            {
+                "ts": _iso(time.time()), "id": new_request_id(), "client": client, "user": None, "group": None,
+                "action": "block", "category": "malformed", "rule": "http parser", "method": None, "url": None,
+                "host": None, "status": 400, "tls": None, "reason": d.reason,
+            }
+        )  # fmt: skip
 
     def refused_client(self, client: connection.Client) -> None:
         ip = client.peername[0] if client.peername else ""
@@ -171,3 +211,30 @@ class ByteCounter:
             return chunk
 
         flow.response.stream = count
+
+
+# Messages mitmproxy logs (at INFO, on this logger) when it answers a request it
+# could not even parse with its own 400: the only trace such a request leaves.
+_PROTOCOL_ERROR = re.compile(
+    r": (Bad HTTP request line|Unknown HTTP version|Invalid headers|Invalid header line|Invalid Host|No hostname given)"
+)
+MITM_SERVER_LOGGER = "mitmproxy.proxy.server"
+
+
+class ProtocolErrorAudit(logging.Handler):
+    """Turn mitmproxy's "unparseable request" log lines into audit records (bad input is never silent)."""
+
+    def __init__(self, recorder: Recorder):
+        super().__init__(logging.INFO)
+        self.rec = recorder
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            m = _PROTOCOL_ERROR.search(msg)
+            if m is None:
+                return
+            peer = getattr(record, "client", None)
+            self.rec.malformed(peer[0] if peer else "", msg[m.start() + 2 :][:300])
+        except Exception:  # a logging handler must never raise
+            self.handleError(record)

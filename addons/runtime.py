@@ -36,7 +36,9 @@ class Runtime:
     audit: object | None = None  # proxy.audit.AuditLog
     listening: bool = False
     # Set by tests through the CIPA_INJECT_FAULT environment variable: deciding for this host raises.
-    fault_host: str | None = field(default_factory=lambda: os.environ.get("CIPA_INJECT_FAULT") or None)
+    fault_host: str | None = field(
+        default_factory=lambda: os.environ.get("CIPA_INJECT_FAULT") or None
+    )
 
     def set_engine(self, engine: Engine) -> None:
         self.engine = engine  # one assignment: requests see the old or the new rules, never a mix

@@ -67,8 +67,14 @@ def render(
 
     ``dest`` is the Sec-Fetch-Dest header: a browser's sub-resource fetches get an empty body.
     """
-    headers = {"Cache-Control": "no-store", "X-Cipa-Request-Id": request_id, "X-Content-Type-Options": "nosniff"}
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now if now is not None else time.time()))
+    headers = {
+        "Cache-Control": "no-store",
+        "X-Cipa-Request-Id": request_id,
+        "X-Content-Type-Options": "nosniff",
+    }
+    stamp = time.strftime(
+        "%Y-%m-%d %H:%M:%S %Z", time.localtime(now if now is not None else time.time())
+    )
     words = category_words(decision)
     if decision.category is None:
         heading = "This site is not on the approved list"
@@ -76,7 +82,18 @@ def render(
     else:
         heading = "This page is blocked"
         explanation = f"The school's Internet filter blocked this page: {decision.reason}."
-    if dest in ("image", "script", "style", "font", "audio", "video", "track", "object", "embed", "worker"):
+    if dest in (
+        "image",
+        "script",
+        "style",
+        "font",
+        "audio",
+        "video",
+        "track",
+        "object",
+        "embed",
+        "worker",
+    ):
         return status, headers, b""
     if "text/html" in accept or "application/xhtml" in accept:
         body = _template("block.html").substitute(

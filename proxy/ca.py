@@ -27,7 +27,9 @@ def ca_paths(confdir: Path) -> tuple[Path, Path]:
     return confdir / f"{BASENAME}-ca.pem", confdir / f"{BASENAME}-ca-cert.pem"
 
 
-def init(confdir: Path, *, force: bool = False, common_name: str = "cipa-proxy district CA") -> Path:
+def init(
+    confdir: Path, *, force: bool = False, common_name: str = "cipa-proxy district CA"
+) -> Path:
     """Create the CA unless one exists; returns the public certificate path."""
     key_file, cert_file = ca_paths(confdir)
     if key_file.exists() and not force:
@@ -38,9 +40,12 @@ def init(confdir: Path, *, force: bool = False, common_name: str = "cipa-proxy d
     confdir.mkdir(parents=True, exist_ok=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, common_name), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cipa-proxy")]
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cipa-proxy"),
+        ]
     )
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -52,9 +57,15 @@ def init(confdir: Path, *, force: bool = False, common_name: str = "cipa-proxy d
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )  # fmt: skip
@@ -62,7 +73,9 @@ def init(confdir: Path, *, force: bool = False, common_name: str = "cipa-proxy d
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     tmp = key_file.with_suffix(".tmp")

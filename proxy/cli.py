@@ -20,7 +20,9 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_CONFIG = 0, 1, 2
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="config.yaml", help="path to config.yaml (default: ./config.yaml)")
+    p.add_argument(
+        "--config", default="config.yaml", help="path to config.yaml (default: ./config.yaml)"
+    )
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set listen.port=8080 (repeatable)",
@@ -56,20 +58,38 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             u = canonical_url(raw)
             d = engine.decide(
-                Request(host=u.host, path=u.path, scheme=u.scheme, port=u.port, client=args.client, user=args.user)
+                Request(
+                    host=u.host,
+                    path=u.path,
+                    scheme=u.scheme,
+                    port=u.port,
+                    client=args.client,
+                    user=args.user,
+                )
             )
         except Malformed as exc:
             g = engine.group_for(args.client, args.user)
-            d = Decision(BLOCK, "malformed", g.name, g.policy, "engine", f"malformed URL: {exc}", raw)
+            d = Decision(
+                BLOCK, "malformed", g.name, g.policy, "engine", f"malformed URL: {exc}", raw
+            )
         if args.format == "json":
             print(
                 json.dumps(
-                    {"url": raw, "action": d.action, "category": d.category, "group": d.group,
-                     "policy": d.policy, "rule": d.rule, "reason": d.reason},
+                    {
+                        "url": raw,
+                        "action": d.action,
+                        "category": d.category,
+                        "group": d.group,
+                        "policy": d.policy,
+                        "rule": d.rule,
+                        "reason": d.reason,
+                    },
                 )  # fmt: skip
             )
         else:
-            print(f"{d.action.upper():5}  {raw}  [{d.category or '-'}] group={d.group} rule={d.rule}  {d.reason}")
+            print(
+                f"{d.action.upper():5}  {raw}  [{d.category or '-'}] group={d.group} rule={d.rule}  {d.reason}"
+            )
     return EXIT_OK
 
 
@@ -135,7 +155,9 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cipa-proxy", description="Filtering forward proxy for school networks.")
+    parser = argparse.ArgumentParser(
+        prog="cipa-proxy", description="Filtering forward proxy for school networks."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the filtering proxy")
@@ -149,11 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("urls", nargs="*", metavar="URL")
     p.add_argument("--client", default="127.0.0.1", help="client IP address (selects the group)")
     p.add_argument("--user", default=None, help="authenticated user name (selects the group)")
-    p.add_argument("--file", default=None, help="read URLs from a file, one per line ('-' for stdin)")
+    p.add_argument(
+        "--file", default=None, help="read URLs from a file, one per line ('-' for stdin)"
+    )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("lint", help="validate config and rules; report every problem with file:line")
+    p = sub.add_parser(
+        "lint", help="validate config and rules; report every problem with file:line"
+    )
     _common(p)
     p.set_defaults(func=cmd_lint)
 

@@ -106,14 +106,19 @@ class Group:
     clients: tuple[Network, ...] = ()
     users: frozenset[str] = frozenset()
     source: str = ""
+    catch_all: bool = False  # neither ``clients`` nor ``users`` given: matches everyone
 
-    def matches(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, user: str | None) -> bool:
-        """A group with neither clients nor users matches everyone (the catch-all)."""
-        if not self.clients and not self.users:
+    def matches(
+        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, user: str | None
+    ) -> bool:
+        """A group that names neither clients nor users matches everyone; empty lists match no one."""
+        if self.catch_all:
             return True
         if user is not None and user.lower() in self.users:
             return True
-        return ip is not None and any(ip in net for net in self.clients if net.version == ip.version)
+        return ip is not None and any(
+            ip in net for net in self.clients if net.version == ip.version
+        )
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,9 @@ class _Reader:
                 self.fail((*path, key), f"unknown key (expected one of: {', '.join(allowed)})")
         return value
 
-    def get(self, m: dict[str, Any], path: Key, key: str, conv: Callable[[Any, Key], Any], default: Any) -> Any:
+    def get(
+        self, m: dict[str, Any], path: Key, key: str, conv: Callable[[Any, Key], Any], default: Any
+    ) -> Any:
         if key not in m or m[key] is None and default is None:
             return default
         return conv(m[key], (*path, key))
@@ -245,9 +252,13 @@ class _Reader:
 
 
 def _kind(v: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "nothing"}.get(
-        type(v), type(v).__name__
-    )
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "nothing",
+    }.get(type(v), type(v).__name__)
 
 
 def _host_port_ok(value: str) -> bool:
@@ -292,7 +303,15 @@ def _parse(loc: Located, base: Path) -> Config:
     tm = r.mapping(
         top.get("tls"),
         tk,
-        ("inspect", "confdir", "upstream_ca", "connect_ports", "never_inspect", "inspect_domains", "verify_upstream"),
+        (
+            "inspect",
+            "confdir",
+            "upstream_ca",
+            "connect_ports",
+            "never_inspect",
+            "inspect_domains",
+            "verify_upstream",
+        ),
     )
     tls = TLSConfig(
         inspect=r.get(tm, tk, "inspect", r.choice("selective", "none", "all"), "selective"),
@@ -300,7 +319,9 @@ def _parse(loc: Located, base: Path) -> Config:
         upstream_ca=r.get(tm, tk, "upstream_ca", r.path_, None),
         connect_ports=r.get(tm, tk, "connect_ports", r.list_(r.port), (443,)),
         never_inspect=r.get(tm, tk, "never_inspect", r.list_(r.name), ()),
-        inspect_domains=tuple(d.lower().rstrip(".") for d in r.get(tm, tk, "inspect_domains", r.list_(r.str_), ())),
+        inspect_domains=tuple(
+            d.lower().rstrip(".") for d in r.get(tm, tk, "inspect_domains", r.list_(r.str_), ())
+        ),
         verify_upstream=r.get(tm, tk, "verify_upstream", r.bool_, True),
     )
 
@@ -353,7 +374,15 @@ def _parse(loc: Located, base: Path) -> Config:
 
     policies: dict[str, Policy] = {}
     pm = r.mapping(top.get("policies"), ("policies",), top.get("policies") or {})
-    policy_keys = ("allow", "block", "default", "safesearch", "ip_literals", "downloads", "override")
+    policy_keys = (
+        "allow",
+        "block",
+        "default",
+        "safesearch",
+        "ip_literals",
+        "downloads",
+        "override",
+    )
     for pname, pval in pm.items():
         pk: Key = ("policies", pname)
         r.name(pname, pk)
@@ -397,12 +426,19 @@ def _parse(loc: Located, base: Path) -> Config:
         if not policy:
             r.fail(gk, "a group needs a policy")
         elif policy not in policies:
-            r.fail((*gk, "policy"), f"unknown policy {policy!r} (defined: {', '.join(sorted(policies))})")
+            r.fail(
+                (*gk, "policy"),
+                f"unknown policy {policy!r} (defined: {', '.join(sorted(policies))})",
+            )
         nets = tuple(n for n in r.get(g, gk, "clients", r.list_(r.cidr), ()) if n is not None)
         users = frozenset(u.lower() for u in r.get(g, gk, "users", r.list_(r.str_), ()))
-        groups.append(Group(name=name, policy=policy, clients=nets, users=users, source=r.where(gk)))
+        catch_all = isinstance(g, dict) and "clients" not in g and "users" not in g
+        groups.append(Group(name, policy, nets, users, r.where(gk), catch_all))
     if not groups:
-        r.fail(("groups",), "at least one group is required (a group with no clients/users is the catch-all)")
+        r.fail(
+            ("groups",),
+            "at least one group is required (a group with no clients/users is the catch-all)",
+        )
 
     if r.problems:
         raise InputError(r.problems)
@@ -445,7 +481,9 @@ def apply_overrides(loc: Located, overrides: Sequence[str]) -> None:
                 nxt = {}
                 node[part] = nxt
             if not isinstance(nxt, dict):
-                raise InputError([Problem("--set", None, ".".join(parts[: depth + 1]), "is not a mapping")])
+                raise InputError(
+                    [Problem("--set", None, ".".join(parts[: depth + 1]), "is not a mapping")]
+                )
             node = nxt
         node[parts[-1]] = value
         loc.lines[tuple(parts)] = FROM_COMMAND_LINE

@@ -11,7 +11,9 @@ from functools import lru_cache
 
 import tldextract
 
-_extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=False)
+_extract = tldextract.TLDExtract(
+    suffix_list_urls=(), cache_dir=None, include_psl_private_domains=False
+)
 
 
 @lru_cache(maxsize=16384)

@@ -58,7 +58,9 @@ class Engine:
         for name, policy in config.policies.items():
             actions: list[str | None] = []
             for cat in rules.cat_names:
-                actions.append(ALLOW if cat in policy.allow else BLOCK if cat in policy.block else None)
+                actions.append(
+                    ALLOW if cat in policy.allow else BLOCK if cat in policy.block else None
+                )
             self._views[name] = _PolicyView(policy, tuple(actions))
         self._groups: dict[tuple[str, str | None], Group] = {}
         self._url_hosts = frozenset(rules.urls)
@@ -92,7 +94,9 @@ class Engine:
 
     # ------------------------------------------------------------------ classify
 
-    def _best(self, view: _PolicyView, host: str, path_l: str, url_text: str, ip: bool) -> Match | None:
+    def _best(
+        self, view: _PolicyView, host: str, path_l: str, url_text: str, ip: bool
+    ) -> Match | None:
         """The most specific match that the policy cares about, or None."""
         actions = view.actions
         rules = self.rules
@@ -109,7 +113,11 @@ class Engine:
                         if action is None or not _path_has_prefix(path_l, prefix):
                             continue
                         spec = len(s) + len(prefix)
-                        if best is None or spec > best.specificity or (spec == best.specificity and action == ALLOW):
+                        if (
+                            best is None
+                            or spec > best.specificity
+                            or (spec == best.specificity and action == ALLOW)
+                        ):
                             best = Match(_URL, spec, action, ref)
                 if ip:
                     break
@@ -146,7 +154,9 @@ class Engine:
                 for i in sorted(hits):
                     ref = rules.patterns[i][0]
                     action = actions[ref & _CAT_MASK]
-                    if action is not None and (best is None or action == ALLOW and best.action != ALLOW):
+                    if action is not None and (
+                        best is None or action == ALLOW and best.action != ALLOW
+                    ):
                         best = Match(_PATTERN, 0, action, ref)
         return best
 
@@ -211,7 +221,9 @@ class Engine:
                 )  # fmt: skip
         return decision
 
-    def _classify(self, group: Group, view: _PolicyView, host: str, path: str, url: str) -> Decision:
+    def _classify(
+        self, group: Group, view: _PolicyView, host: str, path: str, url: str
+    ) -> Decision:
         policy = view.policy
         ip = is_ip_literal(host)
         match = self._best(view, host, path.lower(), host + path, ip)

@@ -34,34 +34,76 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
-        self.requests = Counter("cipa_requests", "Requests decided, by group and action.", ["group", "action"], registry=r)
-        self.blocks = Counter("cipa_blocks", "Blocked requests, by group and category.", ["group", "category"], registry=r)
+        self.requests = Counter(
+            "cipa_requests",
+            "Requests decided, by group and action.",
+            ["group", "action"],
+            registry=r,
+        )
+        self.blocks = Counter(
+            "cipa_blocks",
+            "Blocked requests, by group and category.",
+            ["group", "category"],
+            registry=r,
+        )
         self.decision_seconds = Histogram(
-            "cipa_decision_seconds", "Time the engine spent deciding one request.", buckets=_DECISION_BUCKETS, registry=r
+            "cipa_decision_seconds",
+            "Time the engine spent deciding one request.",
+            buckets=_DECISION_BUCKETS,
+            registry=r,
         )
         self.request_duration = Histogram(
-            "cipa_request_duration_seconds", "Whole request time as the proxy saw it.", buckets=_REQUEST_BUCKETS, registry=r
+            "cipa_request_duration_seconds",
+            "Whole request time as the proxy saw it.",
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
         )
-        self.rules_entries = Gauge("cipa_rules_entries", "Rule entries loaded, by category.", ["category"], registry=r)
+        self.rules_entries = Gauge(
+            "cipa_rules_entries", "Rule entries loaded, by category.", ["category"], registry=r
+        )
         self.rules_loaded = Gauge(
-            "cipa_rules_loaded_timestamp_seconds", "When the rules in force were loaded (Unix time).", registry=r
+            "cipa_rules_loaded_timestamp_seconds",
+            "When the rules in force were loaded (Unix time).",
+            registry=r,
         )
-        self.reloads = Counter("cipa_rules_reloads", "Rule (re)loads, by result.", ["result"], registry=r)
+        self.reloads = Counter(
+            "cipa_rules_reloads", "Rule (re)loads, by result.", ["result"], registry=r
+        )
         self.reload_error = Gauge(
-            "cipa_rules_reload_error", "1 while the last reload failed (old rules still serving).", registry=r
+            "cipa_rules_reload_error",
+            "1 while the last reload failed (old rules still serving).",
+            registry=r,
         )
-        self.operative = Gauge("cipa_filter_operative", "1 while rules are loaded and the engine answers.", registry=r)
-        self.tls = Counter("cipa_tls_connections", "TLS connections, by handling.", ["mode"], registry=r)
+        self.operative = Gauge(
+            "cipa_filter_operative", "1 while rules are loaded and the engine answers.", registry=r
+        )
+        self.tls = Counter(
+            "cipa_tls_connections", "TLS connections, by handling.", ["mode"], registry=r
+        )
         self.audit_records = Counter("cipa_audit_records", "Audit records written.", registry=r)
-        self.audit_errors = Counter("cipa_audit_errors", "Audit records that could not be written.", registry=r)
+        self.audit_errors = Counter(
+            "cipa_audit_errors", "Audit records that could not be written.", registry=r
+        )
         self.safesearch = Counter(
-            "cipa_safesearch_enforced", "SafeSearch rewrites or routings, by engine.", ["engine"], registry=r
+            "cipa_safesearch_enforced",
+            "SafeSearch rewrites or routings, by engine.",
+            ["engine"],
+            registry=r,
         )
-        self.bypass = Counter("cipa_bypass_attempts", "Detected filter bypass attempts, by kind.", ["kind"], registry=r)
+        self.bypass = Counter(
+            "cipa_bypass_attempts",
+            "Detected filter bypass attempts, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.clients_refused = Counter(
-            "cipa_clients_refused", "Connections refused because the client is not allowed to use the proxy.", registry=r
+            "cipa_clients_refused",
+            "Connections refused because the client is not allowed to use the proxy.",
+            registry=r,
         )
-        self.filter_errors = Counter("cipa_filter_errors", "Errors inside a deciding hook (fail closed).", registry=r)
+        self.filter_errors = Counter(
+            "cipa_filter_errors", "Errors inside a deciding hook (fail closed).", registry=r
+        )
         for mode in ("intercepted", "passthrough", "refused"):
             self.tls.labels(mode=mode)
         for result in ("success", "failure"):
@@ -82,13 +124,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            body, ctype, status = self.server.metrics.exposition(), _exposition.CONTENT_TYPE_LATEST, 200
+            body, ctype, status = (
+                self.server.metrics.exposition(),
+                _exposition.CONTENT_TYPE_LATEST,
+                200,
+            )
         elif path == "/healthz":
             body, ctype, status = b"ok\n", "text/plain", 200
         elif path == "/readyz":
             problems = self.server.readiness()
             status = 200 if not problems else 503
-            body = ("ready\n" if not problems else "not ready: " + "; ".join(problems) + "\n").encode()
+            body = (
+                "ready\n" if not problems else "not ready: " + "; ".join(problems) + "\n"
+            ).encode()
             ctype = "text/plain"
         else:
             body, ctype, status = b"not found\n", "text/plain", 404

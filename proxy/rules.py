@@ -125,19 +125,27 @@ class _Builder:
             return
         data = loc.data
         if not isinstance(data, dict):
-            self.problems.append(Problem(display, 1, "", "a rule file must be a mapping with a 'category' key"))
+            self.problems.append(
+                Problem(display, 1, "", "a rule file must be a mapping with a 'category' key")
+            )
             return
         for key in data:
             if key not in RULE_KEYS:
-                self.problems.append(loc.problem((key,), f"unknown key (expected one of: {', '.join(RULE_KEYS)})"))
+                self.problems.append(
+                    loc.problem((key,), f"unknown key (expected one of: {', '.join(RULE_KEYS)})")
+                )
         name = data.get("category")
         if name != path.stem:
             self.problems.append(
-                loc.problem(("category",), f"category {name!r} must match the file name {path.stem!r}")
+                loc.problem(
+                    ("category",), f"category {name!r} must match the file name {path.stem!r}"
+                )
             )
             return
         if len(self.rs.cat_names) >= _MAX_CATEGORIES:
-            self.problems.append(loc.problem(("category",), f"too many categories (max {_MAX_CATEGORIES})"))
+            self.problems.append(
+                loc.problem(("category",), f"too many categories (max {_MAX_CATEGORIES})")
+            )
             return
         cat = len(self.rs.cat_names)
         self.rs.cat_names.append(name)
@@ -153,7 +161,9 @@ class _Builder:
             for i, item in enumerate(items):
                 line = loc.line((key, i)) or 0
                 if not isinstance(item, str) or not item.strip():
-                    self.problems.append(loc.problem((key, i), f"expected a non-empty string, got {item!r}"))
+                    self.problems.append(
+                        loc.problem((key, i), f"expected a non-empty string, got {item!r}")
+                    )
                     continue
                 ref = pack(cat, fid, line)
                 try:
@@ -182,7 +192,9 @@ class _Builder:
         path = (self.rules_dir / rel).resolve()
         kind = list_kind(path)
         if kind is None:
-            raise Malformed(f"cannot tell the list kind of {rel!r}: name it 'domains' or 'urls' (or *.domains, *.urls)")
+            raise Malformed(
+                f"cannot tell the list kind of {rel!r}: name it 'domains' or 'urls' (or *.domains, *.urls)"
+            )
         if not path.is_file():
             raise Malformed(f"included list {rel!r} not found ({path})")
         display = self.display(path)

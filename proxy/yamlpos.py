@@ -75,12 +75,20 @@ def _build(node: yaml.Node, path: Key, lines: dict[Key, int], file: str) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for knode, vnode in node.value:
-            key = yaml.safe_load(yaml.serialize(knode)) if knode.tag != "tag:yaml.org,2002:str" else knode.value
+            key = (
+                yaml.safe_load(yaml.serialize(knode))
+                if knode.tag != "tag:yaml.org,2002:str"
+                else knode.value
+            )
             if not isinstance(key, str):
                 key = str(key)
             if key in out:
                 raise InputError(
-                    [Problem(file, knode.start_mark.line + 1, dotted((*path, key)), "duplicate key")]
+                    [
+                        Problem(
+                            file, knode.start_mark.line + 1, dotted((*path, key)), "duplicate key"
+                        )
+                    ]
                 )
             out[key] = _build(vnode, (*path, key), lines, file)
             lines[(*path, key)] = knode.start_mark.line + 1
@@ -88,7 +96,9 @@ def _build(node: yaml.Node, path: Key, lines: dict[Key, int], file: str) -> Any:
     if isinstance(node, yaml.SequenceNode):
         return [_build(v, (*path, i), lines, file) for i, v in enumerate(node.value)]
     # Scalars: let the safe constructor resolve the tag (int, bool, null, ...).
-    return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+    return (
+        yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+    )
 
 
 def load_yaml(text: str, file: str) -> Located:

@@ -33,7 +33,9 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)  # errors name the file as the admin named it: "config.yaml"
     (tmp_path / "rules").mkdir()
     for cat in ("gambling", "educational"):
-        (tmp_path / "rules" / f"{cat}.yaml").write_text(f"category: {cat}\ndomains: [{cat}.example]\n")
+        (tmp_path / "rules" / f"{cat}.yaml").write_text(
+            f"category: {cat}\ndomains: [{cat}.example]\n"
+        )
     return tmp_path
 
 
@@ -64,16 +66,36 @@ def test_good_config_loads_typed_and_frozen(tree: Path) -> None:
     ("edit", "expected"),
     [
         (("policies:", "polices:\n  x: {}\npolicies:"), "config.yaml:9: polices: unknown key"),
-        (("block: [gambling]", "block: [gamble]"), "config.yaml:11: policies.students.block[0]: unknown category 'gamble'"),
+        (
+            ("block: [gambling]", "block: [gamble]"),
+            "config.yaml:11: policies.students.block[0]: unknown category 'gamble'",
+        ),
         (("10.0.0.0/8", "10.0.0.0/33"), "config.yaml:1: clients[0]: not a valid CIDR"),
-        (("    policy: students", "    policy: pupils"), "config.yaml:8: groups[1].policy: unknown policy 'pupils'"),
-        (("- name: staff", "- name: students"), "config.yaml:7: groups[1].name: duplicate group name 'students'"),
-        (("allow: [educational]", "allow: educational\n    default: maybe"), "config.yaml:13: policies.students.default: expected one of allow, block"),
-        (("staff:\n    block: []", "staff:\n    block: []\n    override: yes please"), "config.yaml:15: policies.staff.override: expected true or false"),
-        (("clients: [10", "listen: {port: http}\nclients: [10"), "config.yaml:1: listen.port: expected an integer"),
+        (
+            ("    policy: students", "    policy: pupils"),
+            "config.yaml:8: groups[1].policy: unknown policy 'pupils'",
+        ),
+        (
+            ("- name: staff", "- name: students"),
+            "config.yaml:7: groups[1].name: duplicate group name 'students'",
+        ),
+        (
+            ("allow: [educational]", "allow: educational\n    default: maybe"),
+            "config.yaml:13: policies.students.default: expected one of allow, block",
+        ),
+        (
+            ("staff:\n    block: []", "staff:\n    block: []\n    override: yes please"),
+            "config.yaml:15: policies.staff.override: expected true or false",
+        ),
+        (
+            ("clients: [10", "listen: {port: http}\nclients: [10"),
+            "config.yaml:1: listen.port: expected an integer",
+        ),
     ],
 )
-def test_each_error_names_file_line_and_key(tree: Path, edit: tuple[str, str], expected: str) -> None:
+def test_each_error_names_file_line_and_key(
+    tree: Path, edit: tuple[str, str], expected: str
+) -> None:
     path = write(tree, GOOD.replace(*edit, 1))
     found = problems(path)
     assert any(p.startswith(expected) for p in found), found
@@ -106,5 +128,11 @@ def test_shipped_config_is_valid_and_puts_everyone_in_students() -> None:
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(root / "config.yaml")
     assert cfg.groups[-1].name == "students" and not cfg.groups[-1].clients
-    assert cfg.policies["students"].block >= {"adult", "harmful_to_minors", "games", "gambling", "anonymizers"}
+    assert cfg.policies["students"].block >= {
+        "adult",
+        "harmful_to_minors",
+        "games",
+        "gambling",
+        "anonymizers",
+    }
     assert cfg.policies["students"].safesearch == "strict"

@@ -87,7 +87,11 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 
 def decide(engine: Engine, url: str, client: str = "192.168.1.5", user: str | None = None, **kw):
     u = canonical_url(url)  # as `cipa-proxy check` does
-    return engine.decide(Request(host=u.host, path=u.path, scheme=u.scheme, port=u.port, client=client, user=user, **kw))
+    return engine.decide(
+        Request(
+            host=u.host, path=u.path, scheme=u.scheme, port=u.port, client=client, user=user, **kw
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,7 +108,12 @@ def decide(engine: Engine, url: str, client: str = "192.168.1.5", user: str | No
         ("http://portal.example/casino", "block", "gambling", "rules/gambling.yaml:7"),
         ("http://portal.example/casino/poker?x=1", "block", "gambling", "rules/gambling.yaml:7"),
         ("http://portal.example/casinos", "allow", None, None),
-        ("http://bet.example/responsible-gambling/help", "allow", "educational", "rules/educational.yaml:8"),
+        (
+            "http://bet.example/responsible-gambling/help",
+            "allow",
+            "educational",
+            "rules/educational.yaml:8",
+        ),
         # patterns: below domains, allow wins a tie between patterns
         ("http://casino-royale.test/", "block", "gambling", "rules/gambling.yaml:9"),
         ("http://casino-history.org/", "allow", "educational", "rules/educational.yaml:10"),
@@ -113,7 +122,12 @@ def decide(engine: Engine, url: str, client: str = "192.168.1.5", user: str | No
         ("http://listed.example/", "block", "gambling", "rules/lists/gambling/domains:2"),
         ("http://a.listed2.example/", "block", "gambling", "rules/lists/gambling/domains:5"),
         # canonical forms
-        ("http://BET.EXAMPLE./responsible-gambling/", "allow", "educational", "rules/educational.yaml:8"),
+        (
+            "http://BET.EXAMPLE./responsible-gambling/",
+            "allow",
+            "educational",
+            "rules/educational.yaml:8",
+        ),
         ("http://portal.example//casino", "block", "gambling", "rules/gambling.yaml:7"),
         ("http://portal.example/a/../%63asino", "block", "gambling", "rules/gambling.yaml:7"),
         ("http://user:pw@play.example:80/", "block", "games", "rules/games.yaml:2"),
@@ -124,7 +138,9 @@ def decide(engine: Engine, url: str, client: str = "192.168.1.5", user: str | No
         ("http://news.example/", "allow", None, None),
     ],
 )
-def test_precedence_for_students(engine: Engine, url: str, action: str, category: str | None, rule: str | None) -> None:
+def test_precedence_for_students(
+    engine: Engine, url: str, action: str, category: str | None, rule: str | None
+) -> None:
     d = decide(engine, url)
     assert (d.action, d.category, d.group) == (action, category, "students"), d
     if rule:
@@ -134,7 +150,10 @@ def test_precedence_for_students(engine: Engine, url: str, action: str, category
 
 def test_groups_first_match_wins_by_cidr_then_user(engine: Engine) -> None:
     assert decide(engine, "http://play.example/", client="10.1.2.3").group == "elementary"
-    assert decide(engine, "http://play.example/", client="10.1.2.3", user="alice").group == "elementary"
+    assert (
+        decide(engine, "http://play.example/", client="10.1.2.3", user="alice").group
+        == "elementary"
+    )
     assert decide(engine, "http://play.example/", client="10.9.2.3", user="Alice").group == "staff"
     assert decide(engine, "http://play.example/", client="::ffff:10.1.0.1").group == "elementary"
     assert decide(engine, "http://play.example/", client="not an ip").group == "students"
@@ -149,7 +168,11 @@ def test_policy_ignores_categories_it_does_not_name(engine: Engine) -> None:
 
 def test_walled_garden_allows_only_its_allow_list(engine: Engine) -> None:
     d = decide(engine, "http://news.example/", client="10.1.0.9")
-    assert (d.action, d.category, d.reason) == ("block", None, "this site is not on the approved list")
+    assert (d.action, d.category, d.reason) == (
+        "block",
+        None,
+        "this site is not on the approved list",
+    )
     assert decide(engine, "http://www.mit.edu/", client="10.1.0.9").action == "allow"
 
 
@@ -181,23 +204,41 @@ def test_internal_error_fails_closed(engine: Engine, monkeypatch: pytest.MonkeyP
 
 def test_list_garbage_is_reported_not_fatal(engine: Engine) -> None:
     garbage = [str(g) for g in engine.rules.garbage]
-    assert garbage == ["rules/lists/gambling/domains:4: ignored 'this is garbage': not a host name: 'this is garbage'"]
+    assert garbage == [
+        "rules/lists/gambling/domains:4: ignored 'this is garbage': not a host name: 'this is garbage'"
+    ]
 
 
 def test_bad_rules_are_fatal_with_file_and_line(tmp_path: Path) -> None:
-    (tmp_path / "x.yaml").write_text("category: x\npatterns:\n  - '(a+)+\\1'\ninclude: [lists/missing/domains]\nextra: 1\n")
+    (tmp_path / "x.yaml").write_text(
+        "category: x\npatterns:\n  - '(a+)+\\1'\ninclude: [lists/missing/domains]\nextra: 1\n"
+    )
     (tmp_path / "y.yaml").write_text("category: z\n")
     with pytest.raises(InputError) as info:
         load_rules(tmp_path)
     found = [str(p) for p in info.value.problems]
     assert any(p.startswith(f"{tmp_path.name}/x.yaml:5: extra: unknown key") for p in found), found
-    assert any(p.startswith(f"{tmp_path.name}/x.yaml:3: patterns[0]: bad regular expression") for p in found), found
-    assert any(p.startswith(f"{tmp_path.name}/x.yaml:4: include[0]: included list") for p in found), found
-    assert any(p.startswith(f"{tmp_path.name}/y.yaml:1: category: category 'z' must match") for p in found), found
+    assert any(
+        p.startswith(f"{tmp_path.name}/x.yaml:3: patterns[0]: bad regular expression")
+        for p in found
+    ), found
+    assert any(
+        p.startswith(f"{tmp_path.name}/x.yaml:4: include[0]: included list") for p in found
+    ), found
+    assert any(
+        p.startswith(f"{tmp_path.name}/y.yaml:1: category: category 'z' must match") for p in found
+    ), found
 
 
 @settings(max_examples=300, deadline=None)
-@given(host=st.text(), path=st.text(), client=st.text(max_size=20), sni=st.none() | st.text(max_size=30))
-def test_decide_never_raises(engine: Engine, host: str, path: str, client: str, sni: str | None) -> None:
+@given(
+    host=st.text(),
+    path=st.text(),
+    client=st.text(max_size=20),
+    sni=st.none() | st.text(max_size=30),
+)
+def test_decide_never_raises(
+    engine: Engine, host: str, path: str, client: str, sni: str | None
+) -> None:
     d = engine.decide(Request(host=host, path=path, client=client, sni=sni))
     assert d.action in ("allow", "block") and d.category != "filter_error"
