@@ -15,6 +15,8 @@ sets reach mitmproxy: config.yaml cannot switch on arbitrary mitmproxy options.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import inspect
 import logging
 import signal
@@ -25,8 +27,8 @@ from pathlib import Path
 from mitmproxy import addonmanager, certs, exceptions, hooks, master, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 
-from proxy import ca
-from proxy.config import Config
+from proxy import ca, reload
+from proxy.config import Config, load_config
 from proxy.engine import Engine
 from proxy.yamlpos import InputError
 
@@ -168,33 +170,115 @@ def _open_audit(cfg: Config):
     return AuditLog(cfg.audit)
 
 
-async def _load_rules(rt: Runtime, cfg: Config) -> None:
-    """Compile the rules in a worker thread so the event loop keeps answering (with blocks)."""
-    start = time.perf_counter()
-    try:
-        engine = await asyncio.to_thread(Engine.build, cfg)
-    except InputError as exc:
-        rt.metrics.reloads.labels(result="failure").inc()
-        for p in exc.problems:
-            log.error("rules: %s", p)
-        _say(
-            f"cipa-proxy rules failed to load ({len(exc.problems)} problem(s)); blocking everything"
+def _build_engine(cfg: Config) -> Engine:
+    engine = Engine.build(cfg)
+    # Move the rule tables out of the collector's sight: a full GC walking hundreds of
+    # thousands of entries would otherwise stall the event loop for tens of milliseconds.
+    gc.freeze()
+    return engine
+
+
+class Reloader:
+    """Initial load and hot reload of config + rules, compiled off the event loop.
+
+    A new rule set is built and validated whole in a worker thread, then swapped
+    in with one assignment. A broken edit keeps the old rules serving, logs each
+    problem with file and line, and sets ``cipa_rules_reload_error`` until a good
+    reload. Triggered by file changes (polled) and by SIGHUP.
+    """
+
+    def __init__(self, rt: Runtime, config_path: Path, overrides: list[str], interval: float = 2.0):
+        self.rt = rt
+        self.config_path = config_path
+        self.overrides = overrides
+        self.interval = interval
+        self.requested = asyncio.Event()
+        self._snap: reload.Snapshot = {}
+        self._paths: list[Path] = []
+
+    def _watch_state(self, cfg: Config, files: list[str]) -> tuple[list[Path], reload.Snapshot]:
+        paths = reload.watched_paths(self.config_path, cfg, files)
+        return paths, reload.snapshot(paths, cfg.rules_dir)
+
+    async def load(self, cfg: Config | None = None) -> bool:
+        rt = self.rt
+        initial = rt.engine is None
+        start = time.perf_counter()
+        try:
+            if cfg is None:
+                cfg = await asyncio.to_thread(load_config, self.config_path, self.overrides)
+            engine = await asyncio.to_thread(_build_engine, cfg)
+        except Exception as exc:
+            problems = (
+                exc.problems if isinstance(exc, InputError) else [f"{type(exc).__name__}: {exc}"]
+            )
+            rt.metrics.reloads.labels(result="failure").inc()
+            rt.metrics.reload_error.set(1)
+            for p in problems:
+                log.error("rules: %s", p)
+            files = rt.engine.rules.files if rt.engine else []
+            self._paths, self._snap = await asyncio.to_thread(
+                self._watch_state, cfg or rt.config, files
+            )
+            if initial:
+                _say(
+                    f"cipa-proxy rules failed to load ({len(problems)} problem(s)); blocking everything"
+                )
+            else:
+                log.error(
+                    "reload failed (%d problem(s)); the previous rules stay in force", len(problems)
+                )
+            return False
+        if not initial:
+            for key in reload.restart_needed(rt.config, cfg):
+                log.warning(
+                    "config %s changed: restart cipa-proxy to apply it (the old value stays in use)",
+                    key,
+                )
+        rt.set_engine(engine)
+        rt.metrics.reloads.labels(result="success").inc()
+        rt.metrics.reload_error.set(0)
+        self._paths, self._snap = await asyncio.to_thread(
+            self._watch_state, cfg, engine.rules.files
         )
-        return
-    rt.set_engine(engine)
-    rt.metrics.reloads.labels(result="success").inc()
-    entries = sum(i.entries for i in engine.rules.categories.values())
-    _say(f"cipa-proxy rules loaded: {entries} entries in {time.perf_counter() - start:.2f}s")
+        entries = sum(i.entries for i in engine.rules.categories.values())
+        verb = "loaded" if initial else "reloaded"
+        _say(f"cipa-proxy rules {verb}: {entries} entries in {time.perf_counter() - start:.2f}s")
+        return True
+
+    async def watch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.requested.wait(), self.interval)
+            hup = self.requested.is_set()
+            self.requested.clear()
+            try:
+                current = await asyncio.to_thread(
+                    reload.snapshot, self._paths, self.rt.config.rules_dir
+                )
+                if hup or current != self._snap:
+                    log.info("reloading rules (%s)", "SIGHUP" if hup else "files changed")
+                    await self.load()
+            except Exception:
+                log.exception("reload watcher error; the rules in force are unchanged")
 
 
-async def _serve(cfg: Config) -> int:
+async def _serve(cfg: Config, config_path: Path, overrides: list[str]) -> int:
     rt = Runtime(cfg)
     rt.metrics.operative.set(0)
     ca.init(cfg.tls.confdir)
     certs.CERT_EXPIRY = (
         ca.LEAF_VALIDITY
     )  # mitmproxy reads this module global when minting leaf certificates
-    rt.audit = _open_audit(cfg)
+    try:
+        rt.audit = _open_audit(cfg)
+    except Exception as exc:
+        print(
+            f"cipa-proxy: cannot open the audit log in {cfg.audit.path}: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
 
     opts = options.Options()
     m = CipaMaster(opts, rt)
@@ -217,7 +301,22 @@ async def _serve(cfg: Config) -> int:
         mhost, mport = metrics_server.server_address[:2]
         _say(f"cipa-proxy metrics at {mhost}:{mport}")
 
-    loader = asyncio.create_task(_load_rules(rt, cfg))
+    reloader = Reloader(rt, config_path, overrides)
+    loop.add_signal_handler(signal.SIGHUP, reloader.requested.set)
+
+    async def load_then_watch() -> None:
+        try:
+            await reloader.load(cfg)
+            await reloader.watch()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.exception(
+                "rule loader crashed; the filter keeps the rules it has (or blocks everything)"
+            )
+            raise
+
+    loader = asyncio.create_task(load_then_watch())
     fsyncer = None
     if rt.audit is not None:
         fsyncer = asyncio.create_task(_fsync_loop(rt, cfg.audit.fsync_interval))
@@ -253,15 +352,15 @@ async def _fsync_loop(rt: Runtime, interval: float) -> None:
             await asyncio.to_thread(audit.maybe_fsync)
 
 
-def run(cfg: Config, config_path: Path | None = None, overrides: list[str] | None = None) -> int:
+def run(cfg: Config, config_path: Path, overrides: list[str]) -> int:
     """Run the proxy until SIGTERM/SIGINT; returns the process exit code."""
     _setup_logging()
     try:
         import uvloop
 
-        return uvloop.run(_serve(cfg))
     except ImportError:  # pragma: no cover - uvloop is optional on unusual platforms
-        return asyncio.run(_serve(cfg))
+        return asyncio.run(_serve(cfg, config_path, overrides))
+    return uvloop.run(_serve(cfg, config_path, overrides))
 
 
 __all__ = ["CachedAddonManager", "CipaMaster", "mitm_options", "run"]

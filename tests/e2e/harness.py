@@ -14,8 +14,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import queue
 import re
-import select
 import signal
 import socket
 import ssl
@@ -148,40 +148,38 @@ class Origin:
 def _wait_for_lines(
     proc: subprocess.Popen, patterns: dict[str, str], timeout: float, log: list[str]
 ) -> dict[str, re.Match]:
-    found: dict[str, re.Match] = {}
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while len(found) < len(patterns):
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"timed out waiting for {set(patterns) - set(found)}; output so far:\n"
-                + "".join(log)
-            )
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if not ready:
-            if proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode}:\n" + "".join(log))
-            continue
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode}:\n" + "".join(log))
-            continue
-        log.append(line)
-        for name, pattern in patterns.items():
-            m = re.search(pattern, line)
-            if m and name not in found:
-                found[name] = m
-    return found
+    """Read the process output (in a thread, into ``log``) until every pattern has matched once."""
+    lines: queue.Queue[str | None] = queue.Queue()
 
-
-def _drain(proc: subprocess.Popen, log: list[str]) -> None:
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             log.append(line)
+            lines.put(line)
+        lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
+    found: dict[str, re.Match] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < len(patterns):
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(
+                    f"timed out waiting for {set(patterns) - set(found)}:\n" + "".join(log)
+                ) from None
+            if line is None:
+                raise RuntimeError(f"process exited with {proc.wait()}:\n" + "".join(log))
+            for name, pattern in patterns.items():
+                m = re.search(pattern, line)
+                if m and name not in found:
+                    found[name] = m
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return found
 
 
 INTERNET_SCRIPT = """
@@ -214,7 +212,6 @@ class Internet:
         )  # fmt: skip
         log: list[str] = []
         found = _wait_for_lines(proc, {"port": r"proxy listening at .*:(\d+)"}, 30, log)
-        _drain(proc, log)
         return cls(int(found["port"].group(1)), directory / "mitmproxy-ca-cert.pem", proc)
 
     def stop(self) -> None:
@@ -279,7 +276,6 @@ class ProxyProcess:
             timeout,
             log,
         )
-        _drain(proc, log)
         return cls(int(found["port"].group(1)), int(found["metrics"].group(1)), root, proc, log)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
