@@ -27,7 +27,7 @@ from pathlib import Path
 from mitmproxy import addonmanager, certs, exceptions, hooks, master, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 
-from proxy import ca, reload
+from proxy import ca, logs, reload
 from proxy.config import Config, load_config
 from proxy.engine import Engine
 from proxy.yamlpos import InputError
@@ -138,22 +138,9 @@ def mitm_options(cfg: Config) -> dict:
     return opts
 
 
-def _quiet_mitmproxy(record: logging.LogRecord) -> bool:
-    """mitmproxy's per-connection INFO chatter stays off the console (warnings still show)."""
-    return record.levelno >= logging.WARNING or not record.name.startswith("mitmproxy")
-
-
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    root.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_quiet_mitmproxy)
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    for noisy in ("mitmproxy.proxy", "hpack", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # INFO here carries "could not parse this request": audited by ProtocolErrorAudit.
+def _setup_logging(cfg: Config) -> None:
+    logs.setup(cfg.log.format, cfg.log.level)
+    # INFO on this logger carries "could not parse this request": audited by ProtocolErrorAudit.
     logging.getLogger(MITM_SERVER_LOGGER).setLevel(logging.INFO)
 
 
@@ -354,7 +341,7 @@ async def _fsync_loop(rt: Runtime, interval: float) -> None:
 
 def run(cfg: Config, config_path: Path, overrides: list[str]) -> int:
     """Run the proxy until SIGTERM/SIGINT; returns the process exit code."""
-    _setup_logging()
+    _setup_logging(cfg)
     try:
         import uvloop
 

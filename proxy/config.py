@@ -76,6 +76,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"  # text | json
+    level: str = "info"
+
+
+@dataclass(frozen=True)
 class DistrictConfig:
     name: str = "School District"
     contact: str = "Contact your school's IT help desk."
@@ -135,6 +141,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     metrics: MetricsConfig = MetricsConfig()
     district: DistrictConfig = DistrictConfig()
+    log: LogConfig = LogConfig()
 
     def client_allowed(self, ip: str) -> bool:
         try:
@@ -280,7 +287,7 @@ def _parse(loc: Located, base: Path) -> Config:
     r.base = base  # type: ignore[attr-defined]
     top_keys = (
         "listen", "clients", "groups", "policies", "rules_dir", "upstream", "on_error",
-        "tls", "audit", "metrics", "district",
+        "tls", "audit", "metrics", "district", "log",
     )  # fmt: skip
     top = r.mapping(loc.data, (), top_keys)
     P: Key = ()
@@ -357,6 +364,13 @@ def _parse(loc: Located, base: Path) -> Config:
     district = DistrictConfig(
         name=r.get(dm, dk, "name", r.str_, DistrictConfig.name),
         contact=r.get(dm, dk, "contact", r.str_, DistrictConfig.contact),
+    )
+
+    lk = ("log",)
+    lg = r.mapping(top.get("log"), lk, ("format", "level"))
+    log_cfg = LogConfig(
+        format=r.get(lg, lk, "format", r.choice("text", "json"), "text"),
+        level=r.get(lg, lk, "level", r.choice("debug", "info", "warning", "error"), "info"),
     )
 
     categories = known_categories(rules_dir) | BUILTIN_CATEGORIES
@@ -455,6 +469,7 @@ def _parse(loc: Located, base: Path) -> Config:
         audit=audit,
         metrics=metrics,
         district=district,
+        log=log_cfg,
     )
 
 
@@ -504,6 +519,7 @@ __all__ = [
     "Group",
     "InputError",
     "ListenConfig",
+    "LogConfig",
     "MetricsConfig",
     "Policy",
     "TLSConfig",
