@@ -19,6 +19,8 @@ from proxy import blockpage
 from proxy.canonical import Malformed, canonical_host
 from proxy.engine import Engine
 from proxy.model import BLOCK, Decision, Request
+from proxy.resolve import Resolver
+from proxy.safesearch import Target, force_cookie, force_query
 
 from .record import Recorder
 from .runtime import Runtime, new_request_id
@@ -38,6 +40,8 @@ class Tunnel:
     started: float
     user: str | None = None
     kill: bool = False
+    route: str | None = None  # SafeSearch address to connect to instead of the host
+    safesearch: str | None = None  # the engine whose SafeSearch is enforced by routing
 
 
 def _client_ip(conn: connection.Client) -> str:
@@ -61,6 +65,7 @@ class Filter:
         self.rt = rt
         self.rec = recorder
         self.tunnels: dict[str, Tunnel] = {}
+        self._resolver: tuple[object, Resolver] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -92,6 +97,55 @@ class Filter:
         if engine.has_url_rules(h):
             return True
         return any(h == dom or h.endswith("." + dom) for dom in tls_cfg.inspect_domains)
+
+    def _safesearch(self, engine: Engine, host: str, d: Decision) -> tuple[Target, str] | None:
+        """The SafeSearch target for this host and the group's mode, when enforcement applies."""
+        policy = self.rt.config.policies.get(d.policy)
+        if policy is None or policy.safesearch == "off" or d.blocked:
+            return None
+        try:
+            target = engine.safesearch.target(canonical_host(host))
+        except Malformed:
+            return None
+        return (target, policy.safesearch) if target is not None else None
+
+    def _plan(self, engine: Engine, t: Tunnel) -> None:
+        """How to carry a tunnel: decrypt it, pass it through, or route it to a SafeSearch address."""
+        t.intercept = self._wants_intercept(engine, t.host, t.decision)
+        ss = self._safesearch(engine, t.host, t.decision)
+        if ss is None:
+            return
+        target, mode = ss
+        if target.rewritable and self._may_intercept(t.decision):
+            t.intercept = True  # parameters/headers can be forced on the decrypted requests
+        if not t.intercept or not target.rewritable:
+            t.route = engine.safesearch.route_for(target, mode)
+            t.safesearch = target.engine
+
+    def _resolver_now(self) -> Resolver:
+        cfg = self.rt.config.safesearch
+        if self._resolver is None or self._resolver[0] is not cfg:
+            self._resolver = (cfg, Resolver(dict(cfg.addresses), cfg.cache_seconds))
+        return self._resolver[1]
+
+    def _enforce_safesearch(self, engine: Engine, flow: http.HTTPFlow, d: Decision) -> None:
+        """Force the engine's SafeSearch parameter or header on a visible request."""
+        ss = self._safesearch(engine, flow.request.host, d)
+        if ss is None:
+            return
+        target, mode = ss
+        r = flow.request
+        rw = engine.safesearch.rewrite_for(target, mode, r.path, r.query)
+        if rw is None:
+            return
+        if rw.query:
+            r.path = force_query(r.path, rw.query)
+        for name, value in rw.headers.items():
+            r.headers[name] = value
+        if rw.cookie:
+            r.headers["cookie"] = force_cookie(r.headers.get("cookie", ""), *rw.cookie)
+        flow.metadata["cipa_safesearch"] = target.engine
+        self.rt.metrics.safesearch.labels(engine=target.engine, mode="rewrite").inc()
 
     def _refuse_connect(
         self, flow: http.HTTPFlow, d: Decision, status: int, rid: str, kind: str | None = None
@@ -145,12 +199,11 @@ class Filter:
             d = self._decide(engine, req)
             if d.category == "malformed":
                 return self._refuse_connect(flow, d, 400, rid, kind="malformed")
-            intercept = self._wants_intercept(engine, host, d)
-            if d.blocked and not intercept:
+            t = Tunnel(host, port, d, False, rid, time.time(), req.user)
+            self._plan(engine, t)
+            if d.blocked and not t.intercept:
                 return self._refuse_connect(flow, d, 403, rid)
-            self.tunnels[flow.client_conn.id] = Tunnel(
-                host, port, d, intercept, rid, time.time(), req.user
-            )
+            self.tunnels[flow.client_conn.id] = t
         except Exception:
             log.exception("filter error in http_connect (request %s); refusing the tunnel", rid)
             self.rt.metrics.filter_errors.inc()
@@ -175,14 +228,8 @@ class Filter:
                     host=host, path="/", scheme="https", port=port, client=_client_ip(client)
                 )
                 d = self._decide(engine, req)
-                t = Tunnel(
-                    host,
-                    port,
-                    d,
-                    self._wants_intercept(engine, host, d),
-                    new_request_id(),
-                    time.time(),
-                )
+                t = Tunnel(host, port, d, False, new_request_id(), time.time())
+                self._plan(engine, t)
                 self.tunnels[client.id] = t
             elif sni and sni != t.host:
                 req = Request(
@@ -195,6 +242,7 @@ class Filter:
                         self.rt.metrics.bypass.labels(kind="sni_mismatch").inc()
                     t.decision = d
                     t.intercept = self._may_intercept(d)
+                    t.route = t.safesearch = None
             if t.decision.blocked and not t.intercept:
                 t.kill = True  # no decryption allowed: cut the tunnel at server_connect
             data.ignore_connection = not t.intercept
@@ -220,10 +268,21 @@ class Filter:
                 )
             data.ignore_connection = True
 
-    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         t = self.tunnels.get(data.client.id)
-        if t is not None and t.kill:
+        if t is None:
+            return
+        if t.kill:
             data.server.error = "blocked by cipa-proxy"
+            return
+        if t.route:
+            try:
+                port = data.server.address[1] if data.server.address else 443
+                data.server.address = await self._resolver_now().resolve(t.route, port)
+                self.rt.metrics.safesearch.labels(engine=t.safesearch, mode="route").inc()
+            except Exception as exc:  # fail closed: never fall back to the unrestricted address
+                log.error("cannot route %s to SafeSearch address %s: %s", t.host, t.route, exc)
+                data.server.error = f"SafeSearch address {t.route} unavailable"
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.tunnels.pop(client.id, None)
@@ -265,7 +324,9 @@ class Filter:
             )
             d = self._decide(engine, req)
             flow.metadata["cipa_decision"] = d
-            if d.blocked:
+            if not d.blocked:
+                self._enforce_safesearch(engine, flow, d)
+            else:
                 if d.category == "sni_mismatch":
                     self.rt.metrics.bypass.labels(kind="host_mismatch").inc()
                 self._block(flow, d, rid, 400 if d.category == "malformed" else 403)

@@ -123,6 +123,8 @@ class Recorder:
             )
             if flow.error:
                 rec["error"] = flow.error.msg
+            if ss := flow.metadata.get("cipa_safesearch"):
+                rec["safesearch"] = ss
             self._write(rec)
         except Exception:
             log.exception("cannot record flow")
@@ -168,6 +170,8 @@ class Recorder:
             )  # fmt: skip
             if d.action != ALLOW:
                 rec["reason"] = d.reason
+            if t.safesearch:
+                rec["safesearch"] = t.safesearch
             self._write(rec)
         except Exception:
             log.exception("cannot record tunnel")

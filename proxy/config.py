@@ -76,6 +76,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SafeSearchConfig:
+    addresses: tuple[
+        tuple[str, str], ...
+    ] = ()  # name -> "ip[:port]" pins for SafeSearch front ends
+    cache_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"  # text | json
     level: str = "info"
@@ -142,6 +150,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     district: DistrictConfig = DistrictConfig()
     log: LogConfig = LogConfig()
+    safesearch: SafeSearchConfig = SafeSearchConfig()
 
     def client_allowed(self, ip: str) -> bool:
         try:
@@ -221,7 +230,9 @@ class _Reader:
 
     def choice(self, *choices: str) -> Callable[[Any, Key], str]:
         def conv(v: Any, path: Key) -> str:
-            if v in choices:
+            if v is False and "off" in choices:
+                return "off"  # YAML 1.1 reads a bare `off` as false
+            if isinstance(v, str) and v in choices:
                 return v
             self.fail(path, f"expected one of {', '.join(choices)}, got {v!r}")
             return choices[0]
@@ -287,7 +298,7 @@ def _parse(loc: Located, base: Path) -> Config:
     r.base = base  # type: ignore[attr-defined]
     top_keys = (
         "listen", "clients", "groups", "policies", "rules_dir", "upstream", "on_error",
-        "tls", "audit", "metrics", "district", "log",
+        "tls", "audit", "metrics", "district", "log", "safesearch",
     )  # fmt: skip
     top = r.mapping(loc.data, (), top_keys)
     P: Key = ()
@@ -371,6 +382,16 @@ def _parse(loc: Located, base: Path) -> Config:
     log_cfg = LogConfig(
         format=r.get(lg, lk, "format", r.choice("text", "json"), "text"),
         level=r.get(lg, lk, "level", r.choice("debug", "info", "warning", "error"), "info"),
+    )
+
+    sk = ("safesearch",)
+    sm = r.mapping(top.get("safesearch"), sk, ("addresses", "cache_seconds"))
+    addrs = r.mapping(sm.get("addresses"), (*sk, "addresses"), sm.get("addresses") or {})
+    safesearch = SafeSearchConfig(
+        addresses=tuple(
+            sorted((str(k).lower(), r.str_(v, (*sk, "addresses", k))) for k, v in addrs.items())
+        ),
+        cache_seconds=r.get(sm, sk, "cache_seconds", r.float_, 60.0),
     )
 
     categories = known_categories(rules_dir) | BUILTIN_CATEGORIES
@@ -470,6 +491,7 @@ def _parse(loc: Located, base: Path) -> Config:
         metrics=metrics,
         district=district,
         log=log_cfg,
+        safesearch=safesearch,
     )
 
 

@@ -16,17 +16,26 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from .canonical import Malformed, canonical_host, canonical_path, is_ip_literal
 from .config import Config, Group, Policy
 from .domains import registered_domain
 from .model import ALLOW, BLOCK, Decision, Request
 from .rules import _MAX_CATEGORIES, RuleSet, load_rules
+from .safesearch import SafeSearch
 
 log = logging.getLogger("cipa.engine")
 
 _CAT_MASK = _MAX_CATEGORIES - 1
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+NO_SAFESEARCH = "nosafesearch"  # category of search engines with no enforceable safe mode
+
+
+def safesearch_table(rules_dir: Path) -> Path:
+    return rules_dir / "safesearch" / "hosts.tsv"
+
 
 # Ranks of match kinds: higher is more specific.
 _URL, _DOMAIN, _PATTERN = 3, 2, 1
@@ -51,16 +60,18 @@ class Match:
 class Engine:
     """Compiled rules plus config; immutable once built, swapped whole on reload."""
 
-    def __init__(self, config: Config, rules: RuleSet):
+    def __init__(self, config: Config, rules: RuleSet, safesearch: SafeSearch | None = None):
         self.config = config
         self.rules = rules
+        self.safesearch = safesearch or SafeSearch({})
         self._views: dict[str, _PolicyView] = {}
         for name, policy in config.policies.items():
             actions: list[str | None] = []
             for cat in rules.cat_names:
-                actions.append(
-                    ALLOW if cat in policy.allow else BLOCK if cat in policy.block else None
-                )
+                action = ALLOW if cat in policy.allow else BLOCK if cat in policy.block else None
+                if action is None and cat == NO_SAFESEARCH and policy.safesearch == "strict":
+                    action = BLOCK  # search engines SafeSearch cannot be forced on
+                actions.append(action)
             self._views[name] = _PolicyView(policy, tuple(actions))
         self._groups: dict[tuple[str, str | None], Group] = {}
         self._url_hosts = frozenset(rules.urls)
@@ -69,7 +80,11 @@ class Engine:
     @classmethod
     def build(cls, config: Config) -> Engine:
         """Load the rules named by ``config`` (slow: call it off the event loop)."""
-        return cls(config, load_rules(config.rules_dir))
+        return cls(
+            config,
+            load_rules(config.rules_dir),
+            SafeSearch.load(safesearch_table(config.rules_dir)),
+        )
 
     # ------------------------------------------------------------------ groups
 

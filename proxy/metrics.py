@@ -86,8 +86,8 @@ class Metrics:
         )
         self.safesearch = Counter(
             "cipa_safesearch_enforced",
-            "SafeSearch rewrites or routings, by engine.",
-            ["engine"],
+            "SafeSearch enforcements, by engine and mode (rewrite: parameter/header forced; route: sent to the safe address).",
+            ["engine", "mode"],
             registry=r,
         )
         self.bypass = Counter(

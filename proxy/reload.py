@@ -21,6 +21,7 @@ def watched_paths(config_path: Path, config: Config, rule_files: list[str]) -> l
     if rules_dir.is_dir():
         paths.update(p.resolve() for p in rules_dir.glob("*.yaml"))
     paths.update((rules_dir.parent / f).resolve() for f in rule_files)
+    paths.add((rules_dir / "safesearch" / "hosts.tsv").resolve())
     return sorted(paths)
 
 

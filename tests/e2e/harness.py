@@ -185,8 +185,14 @@ def _wait_for_lines(
 INTERNET_SCRIPT = """
 from mitmproxy import http
 
+ECHOED = ("youtube-restrict", "cookie")
+
+
 def request(flow: http.HTTPFlow) -> None:
     body = f"internet {flow.request.method} {flow.request.pretty_host} {flow.request.path}\\n"
+    for name in ECHOED:  # headers a test may want to see arrive upstream
+        if name in flow.request.headers:
+            body += f"{name}: {flow.request.headers[name]}\\n"
     flow.response = http.Response.make(200, body.encode(), {"Content-Type": "text/plain"})
 """
 
