@@ -16,7 +16,7 @@ from mitmproxy import connection, http, tls
 from mitmproxy.proxy import server_hooks
 
 from proxy import blockpage
-from proxy.canonical import Malformed, canonical_host
+from proxy.canonical import Malformed, canonical_host, split_host_port
 from proxy.engine import Engine
 from proxy.model import BLOCK, Decision, Request
 from proxy.resolve import Resolver
@@ -52,6 +52,17 @@ def _user(flow: http.HTTPFlow) -> str | None:
     # proxyauth stores (user, password); only ever read the user name.
     auth = flow.metadata.get("proxyauth")
     return auth[0] if auth else None
+
+
+def _header_host(value: str | None) -> str | None:
+    """The host named by a Host header (port and userinfo dropped); unparseable values pass through
+    unchanged so that the engine blocks them as malformed."""
+    if not value:
+        return None
+    try:
+        return split_host_port(value)[0]
+    except Malformed:
+        return value
 
 
 def _special(
@@ -304,11 +315,7 @@ class Filter:
                     flow, _special("audit_unavailable", "the audit log cannot be written"), rid, 503
                 )
             r = flow.request
-            host_header = r.host_header
-            if host_header:
-                host_header = (
-                    host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
-                )
+            host_header = _header_host(r.host_header)
             req = Request(
                 host=r.host,
                 path=r.path,
@@ -318,9 +325,7 @@ class Filter:
                 client=_client_ip(flow.client_conn),
                 user=_user(flow),
                 sni=flow.client_conn.sni,
-                host_header=host_header
-                if host_header and host_header.lower() != r.host.lower()
-                else None,
+                host_header=host_header if host_header and host_header != r.host.lower() else None,
             )
             d = self._decide(engine, req)
             flow.metadata["cipa_decision"] = d

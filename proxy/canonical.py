@@ -22,6 +22,7 @@ module can be imported by the CLI and by tests without mitmproxy.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ _FAST_HOST = re.compile(r"(?:[a-z0-9-]+\.)*[a-z][a-z0-9-]*")
 # WHATWG "forbidden domain code point": forbidden host code points, C0 controls, % and DEL.
 _FORBIDDEN_DOMAIN = re.compile(r"[\x00-\x20#%/:<>?@\[\\\]^|\x7f]")
 _UNICODE_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+_RTL = frozenset({"R", "AL", "AN"})  # bidi classes that make a label right-to-left
 _DIGITS = re.compile(r"[0-9]+")
 _IPV4_NUMBER = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
 _IPV6_CHARS = re.compile(r"[0-9a-fA-F:.]+")
@@ -152,8 +154,6 @@ def _parse_ipv6(raw: str, text: str) -> str:
     printing IPv4-mapped addresses as ``::ffff:1.2.3.4``, and a canonical form must not
     depend on the interpreter version. Zone ids (``%eth0``) are refused, as browsers do.
     """
-    import ipaddress
-
     if not _IPV6_CHARS.fullmatch(text):
         bad = next((c for c in text if c not in "0123456789abcdefABCDEF:."), None)
         why = f"forbidden character {_char(bad)}" if bad else "empty"
@@ -187,7 +187,7 @@ def _parse_ipv6(raw: str, text: str) -> str:
 
 
 def _check_unicode_label(raw: str, label: str) -> None:
-    """UTS #46 validity criteria (CheckHyphens=false, CheckBidi, CheckJoiners, non-transitional).
+    """UTS #46 validity criteria for one label (CheckHyphens=false, CheckJoiners, non-transitional).
 
     The ``idna`` package's own ``encode`` applies IDNA2008, which is stricter than what
     browsers accept (it rejects ``_`` and emoji, for example); a filter that refuses names a
@@ -206,7 +206,6 @@ def _check_unicode_label(raw: str, label: str) -> None:
         for i, c in enumerate(label):
             if c in "\u200c\u200d" and not valid_contextj(label, i):
                 raise _bad_host(raw, f"zero-width joiner not allowed in {_show(label)}")
-        check_bidi(label)
     except Malformed:
         raise
     except ValueError as exc:  # IDNAError and unicodedata lookups
@@ -225,6 +224,7 @@ def _to_ascii(raw: str, domain: str) -> str:
     if len(mapped.rstrip(".")) > _MAX_HOST:  # every label's ASCII form is at least as long
         raise _bad_host(raw, f"longer than {_MAX_HOST} characters")
     labels = mapped.split(".")
+    unicode_labels = labels[:]
     for i, label in enumerate(labels):
         if label.isascii():
             if label.startswith("xn--"):
@@ -235,9 +235,18 @@ def _to_ascii(raw: str, domain: str) -> str:
                 if not decoded or decoded.isascii():
                     raise _bad_host(raw, f"{_show(label)} does not encode a Unicode label")
                 _check_unicode_label(raw, decoded)
+                unicode_labels[i] = decoded
         else:
             _check_unicode_label(raw, label)
             labels[i] = "xn--" + label.encode("punycode").decode("ascii")
+    # CheckBidi: in a name with any right-to-left label, every label must obey RFC 5893.
+    if any(_RTL.intersection(map(unicodedata.bidirectional, u)) for u in unicode_labels):
+        for u in unicode_labels:
+            try:
+                if u:
+                    check_bidi(u, check_ltr=True)
+            except ValueError as exc:
+                raise _bad_host(raw, str(exc)) from None
     return ".".join(labels)
 
 
@@ -267,7 +276,7 @@ def _canonical_host_slow(raw: str) -> str:
         if s[-1] != "]":
             raise _bad_host(raw, 'IPv6 address without closing "]"')
         return _parse_ipv6(raw, s[1:-1])
-    if s.count(":") > 1 and "%" not in s and _IPV6_CHARS.fullmatch(s):
+    if s.count(":") > 1 and _IPV6_CHARS.fullmatch(s):
         # A bare IPv6 address, as mitmproxy reports request.host for IPv6 targets.
         return _parse_ipv6(raw, s)
     if "%" in s:
@@ -347,17 +356,13 @@ def split_host_port(authority: str, default_port: int | None = None) -> tuple[st
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # Anything that can make a path non-canonical: escapes, fragments, backslashes, repeated
 # slashes, dot segments, and characters a browser would have percent-encoded.
-_PATH_SLOW = re.compile(r'[%#\\"<>`{}\x00-\x20\x7f]|//|/\.')
+_PATH_SLOW = re.compile(r"[%#\\\"'<>`{}\x00-\x20\x7f]|//|/\.")
+# WHATWG path and special-query percent-encode sets (less "#" and "?", which delimit).
 _PATH_ESCAPES = re.compile(r'%(?:[0-9A-Fa-f]{2})?|[^\x21-\x7e]|["<>`{}]')
+_QUERY_ESCAPES = re.compile(r"[^\x21-\x7e]|[\"'<>]")
 
 
-def _fix_escape(m: re.Match[str]) -> str:
-    t = m.group()
-    if t[0] == "%":
-        if len(t) == 1:
-            return "%25"  # a "%" that starts no escape; encoding it keeps decoding one-pass
-        byte = int(t[1:], 16)
-        return chr(byte) if byte in _UNRESERVED else t.upper()
+def _encode_char(t: str) -> str:
     if "\udc80" <= t <= "\udcff":  # a raw byte smuggled through surrogateescape decoding
         data = bytes([ord(t) - 0xDC00])
     elif "\ud800" <= t <= "\udfff":  # a lone surrogate: what browsers send for one
@@ -367,12 +372,28 @@ def _fix_escape(m: re.Match[str]) -> str:
     return "".join(f"%{b:02X}" for b in data)
 
 
+def _fix_escape(m: re.Match[str]) -> str:
+    t = m.group()
+    if t[0] != "%":
+        return _encode_char(t)
+    if len(t) == 1:
+        return "%25"  # a "%" that starts no escape; encoding it keeps decoding one-pass
+    byte = int(t[1:], 16)
+    return chr(byte) if byte in _UNRESERVED else t.upper()
+
+
+def _encode_match(m: re.Match[str]) -> str:
+    return _encode_char(m.group())
+
+
 def canonical_path(raw: str) -> str:
     """Reduce a request target ("/path?query") to the form rules are written against.
 
     Dot segments matter because ``/a/../casino/`` fetches ``/casino/``; encoded unreserved
     characters because ``/c%61sino/`` does too; backslashes because browsers treat them as
-    slashes. The query is kept as sent: its meaning belongs to the site.
+    slashes. The query's meaning belongs to the site, so it is kept as sent except for the
+    characters a browser would have percent-encoded (spaces, controls, quotes, non-ASCII):
+    anything a browser sends passes through unchanged.
     """
     if not raw:
         return "/"
@@ -408,7 +429,9 @@ def canonical_path(raw: str) -> str:
     path = "/" + "/".join(parts)
     if parts and out[-1] == "":
         path += "/"
-    return f"{path}?{query}" if query else path
+    if not query:
+        return path
+    return f"{path}?{_QUERY_ESCAPES.sub(_encode_match, query)}"
 
 
 # --------------------------------------------------------------------------- URLs

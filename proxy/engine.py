@@ -216,6 +216,10 @@ class Engine:
                 BLOCK, "malformed", group.name, policy.name, "engine", f"malformed request: {exc}",
                 f"{req.scheme}://{req.host}{req.path}",
             )  # fmt: skip
+        if host.startswith("[::ffff:"):
+            host = _unmap_ipv4(
+                host
+            )  # [::ffff:1.2.3.4] is 1.2.3.4: rules and ip_literals see one form
         scheme = req.scheme.lower() if req.scheme else "http"
         port = req.port if req.port and req.port != _DEFAULT_PORTS.get(scheme) else None
         url = f"{scheme}://{host}{':' + str(port) if port else ''}{path}"
@@ -281,6 +285,14 @@ class Engine:
             if dot < 0:
                 return False
             s = s[dot + 1 :]
+
+
+def _unmap_ipv4(host: str) -> str:
+    try:
+        mapped = ipaddress.IPv6Address(host[1:-1]).ipv4_mapped
+    except ValueError:
+        return host
+    return str(mapped) if mapped else host
 
 
 def _path_has_prefix(path: str, prefix: str) -> bool:
