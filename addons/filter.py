@@ -249,8 +249,8 @@ class Filter:
                 )  # fmt: skip
                 d = self._decide(engine, req)
                 if d.blocked:
-                    if d.category == "sni_mismatch":
-                        self.rt.metrics.bypass.labels(kind="sni_mismatch").inc()
+                    if d.bypass:
+                        self.rt.metrics.bypass.labels(kind=d.bypass).inc()
                     t.decision = d
                     t.intercept = self._may_intercept(d)
                     t.route = t.safesearch = None
@@ -332,8 +332,13 @@ class Filter:
             if not d.blocked:
                 self._enforce_safesearch(engine, flow, d)
             else:
-                if d.category == "sni_mismatch":
-                    self.rt.metrics.bypass.labels(kind="host_mismatch").inc()
+                if d.bypass:
+                    kind = (
+                        "host_mismatch"
+                        if d.bypass == "sni_mismatch" and not flow.client_conn.sni
+                        else d.bypass
+                    )
+                    self.rt.metrics.bypass.labels(kind=kind).inc()
                 self._block(flow, d, rid, 400 if d.category == "malformed" else 403)
         except Exception:
             log.exception("filter error in request %s; blocking", rid)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .canonical import Malformed, canonical_host, canonical_path, is_ip_literal
+from . import wrapped
+from .canonical import Malformed, canonical_host, canonical_path, canonical_url, is_ip_literal
 from .config import Config, Group, Policy
 from .domains import registered_domain
 from .model import ALLOW, BLOCK, Decision, Request
@@ -225,6 +226,8 @@ class Engine:
         url = f"{scheme}://{host}{':' + str(port) if port else ''}{path}"
 
         decision = self._classify(group, view, host, path, url)
+        if not decision.blocked and wrapped.might_wrap(host, path):
+            decision = self._unwrap(group, view, decision, host, path)
         for other in others:
             if other == host or decision.blocked:
                 continue
@@ -232,13 +235,36 @@ class Engine:
             # verdict applies, and a different registered domain is domain fronting.
             other_decision = self._classify(group, view, other, path, f"{scheme}://{other}{path}")
             if other_decision.blocked:
-                return other_decision
+                return replace(other_decision, bypass="sni_mismatch")
             if registered_domain(other) != registered_domain(host):
                 return Decision(
                     BLOCK, "sni_mismatch", group.name, policy.name, "engine",
-                    f"the server name {other!r} does not match the requested host {host!r} (domain fronting)", url,
+                    f"the server name {other!r} does not match the requested host {host!r} (domain fronting)",
+                    url, "sni_mismatch",
                 )  # fmt: skip
         return decision
+
+    def _unwrap(
+        self, group: Group, view: _PolicyView, outer: Decision, host: str, path: str
+    ) -> Decision:
+        """Decide the URLs wrapped in an allowed one (translators, caches, redirectors): a blocked
+        inner URL blocks the outer request."""
+        for raw in wrapped.inner_urls(host, path):
+            try:
+                inner = canonical_url(raw)
+            except Malformed:
+                continue
+            if inner.host == host and inner.path == path:
+                continue
+            d = self._classify(group, view, inner.host, inner.path, str(inner))
+            if d.blocked and d.category is not None:
+                return replace(
+                    d,
+                    url=outer.url,
+                    reason=f"wraps {shorten(str(inner))}: {d.reason}",
+                    bypass="wrapped_url",
+                )
+        return outer
 
     def _classify(
         self, group: Group, view: _PolicyView, host: str, path: str, url: str
@@ -285,6 +311,10 @@ class Engine:
             if dot < 0:
                 return False
             s = s[dot + 1 :]
+
+
+def shorten(url: str, limit: int = 100) -> str:
+    return url if len(url) <= limit else url[: limit - 1] + "…"
 
 
 def _unmap_ipv4(host: str) -> str:

@@ -45,6 +45,7 @@ class Decision:
     rule: str  # where the deciding rule lives: "rules/gambling.yaml:12", or "policy students: default"
     reason: str  # one human sentence
     url: str = ""  # the canonical URL that was decided
+    bypass: str | None = None  # a detected bypass attempt: "sni_mismatch", "wrapped_url", ...
 
     @property
     def blocked(self) -> bool:
