@@ -38,11 +38,19 @@ MAX_INNER = 4
 
 
 def might_wrap(host: str, path: str) -> bool:
-    """Cheap pre-check on the canonical host and path."""
-    if "?" in path or host.endswith(_HOST_WRAPPERS):
+    """Cheap pre-check on the canonical host and path: a wrapper host, a URL in the path, or a
+    query parameter whose name carries URLs."""
+    if host.endswith(_HOST_WRAPPERS):
         return True
-    low = path.lower()
-    return "http" in low or "/amp/" in low
+    base, sep, query = path.partition("?")
+    low = base.lower()
+    if "http" in low or "/amp/" in low:
+        return True
+    if sep:
+        for part in query.split("&"):
+            if part.partition("=")[0].lower() in URL_PARAMS:
+                return True
+    return False
 
 
 def _from_translate_goog(host: str, path: str) -> str | None:
