@@ -50,7 +50,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -85,27 +85,36 @@ def _sha(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _dumps(obj: Mapping[str, Any]) -> bytes:
     """Compact, stable serialisation. Lone surrogates (from undecodable header
     bytes) become JSON ``\\udcXX`` escapes instead of an exception."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode(
-        "utf-8", "backslashreplace"
-    )
+    return _ENCODER.encode(obj).encode("utf-8", "backslashreplace")
+
+
+_iso_cache: tuple[int, str] = (-1, "")
 
 
 def iso_utc(t: float) -> str:
     """ISO-8601 UTC with milliseconds and ``Z``: sorts as a string, which the
-    search fast path relies on."""
+    search fast path relies on. The seconds part is cached (hot path)."""
+    global _iso_cache
     sec = math.floor(t)
     ms = min(int((t - sec) * 1000), 999)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ms:03d}Z"
+    cached_sec, prefix = _iso_cache
+    if sec != cached_sec:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _iso_cache = (sec, prefix)
+    return f"{prefix}.{ms:03d}Z"
 
 
 def _ts_to_key(value: str | float | datetime) -> str:
     """Any accepted instant -> the comparable ``iso_utc`` string form."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return iso_utc(value.timestamp())
     if isinstance(value, int | float):
         return iso_utc(float(value))
@@ -121,7 +130,7 @@ def _normalise_ts(ts: str) -> str:
     except ValueError:
         return ts
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return iso_utc(dt.timestamp())
 
 
@@ -142,9 +151,15 @@ def parse_file_name(name: str) -> tuple[date, int, bool] | None:
     return day, int(m.group(2) or 0), bool(m.group(3))
 
 
+def _keep(best: dict[tuple[date, int], Path], key: tuple[date, int], path: Path) -> None:
+    """A plain file wins over its .gz twin: both exist only if a crash hit
+    between compressing and unlinking, and the plain one is the original."""
+    if key not in best or not path.name.endswith(".gz"):
+        best[key] = path
+
+
 def _dir_files(directory: Path) -> list[tuple[tuple[date, int], Path]]:
-    """Audit files in a directory, chronologically; a plain file wins over a
-    .gz twin (both exist only if a crash hit between compress and unlink)."""
+    """Audit files in a directory, chronologically, one per (day, n)."""
     best: dict[tuple[date, int], Path] = {}
     try:
         entries = list(os.scandir(directory))
@@ -152,11 +167,8 @@ def _dir_files(directory: Path) -> list[tuple[tuple[date, int], Path]]:
         return []
     for e in entries:
         parsed = parse_file_name(e.name)
-        if parsed is None or not e.is_file():
-            continue
-        key = (parsed[0], parsed[1])
-        if key not in best or not parsed[2]:
-            best[key] = Path(e.path)
+        if parsed is not None and e.is_file():
+            _keep(best, (parsed[0], parsed[1]), Path(e.path))
     return sorted(best.items())
 
 
@@ -174,8 +186,7 @@ def audit_files(paths: Iterable[str | Path]) -> list[Path]:
         p = Path(raw)
         if p.is_dir():
             for key, fp in _dir_files(p):
-                if key not in known or not fp.name.endswith(".gz"):
-                    known[key] = fp
+                _keep(known, key, fp)
             continue
         if not p.exists():
             raise FileNotFoundError(errno.ENOENT, "no such audit file", str(p))
@@ -183,9 +194,7 @@ def audit_files(paths: Iterable[str | Path]) -> list[Path]:
         if parsed is None:
             other.append(p)
         else:
-            key = (parsed[0], parsed[1])
-            if key not in known or not parsed[2]:
-                known[key] = p
+            _keep(known, (parsed[0], parsed[1]), p)
     return [known[k] for k in sorted(known)] + other
 
 
@@ -259,6 +268,13 @@ def load_pseudonym_key(path: Path, create: bool = True) -> bytes:
     return key
 
 
+def pseudonym_key_path(cfg: AuditConfig) -> Path:
+    """Where the pseudonym key lives: ``audit.pseudonym_key_file``, else
+    ``.pseudonym.key`` in the audit directory (outside the ``audit-*`` names
+    that retention, export and log shipping touch)."""
+    return Path(cfg.pseudonym_key_file or Path(cfg.path) / DEFAULT_KEY_NAME)
+
+
 def pseudonym(key: bytes, value: str) -> str:
     """Keyed, stable pseudonym: the same person gets the same token every day,
     so a pattern is visible without naming anyone; ``ps-`` marks it as one."""
@@ -270,6 +286,8 @@ def pseudonym(key: bytes, value: str) -> str:
 
 def strip_userinfo(url: str) -> str:
     """Drop ``user:password@`` from a URL: credentials never reach a record."""
+    if "@" not in url:
+        return url
     start = url.find("://")
     start = 0 if start < 0 else start + 3
     end = len(url)
@@ -400,10 +418,9 @@ class AuditLog:
         if not rid:
             self._id_seq += 1
             rid = f"{self._id_prefix}-{self._id_seq:x}"
-        out: dict[str, Any] = {"ts": ts, "id": rid}
-        for k, v in rec.items():
-            if k not in ("ts", "id", "prev"):
-                out[k] = v
+        out: dict[str, Any] = {"ts": ts, "id": rid, **rec}  # ts, id keep the first places
+        out["ts"], out["id"] = ts, rid
+        out.pop("prev", None)
         url = out.get("url")
         if isinstance(url, str) and url:
             url = strip_userinfo(url)
@@ -420,8 +437,7 @@ class AuditLog:
 
     def _pseudonym_key(self) -> bytes:
         if self._key is None:
-            path = self.cfg.pseudonym_key_file or (self.dir / DEFAULT_KEY_NAME)
-            self._key = load_pseudonym_key(Path(path))
+            self._key = load_pseudonym_key(pseudonym_key_path(self.cfg))
         return self._key
 
     def _line(self, out: dict[str, Any]) -> bytes:
@@ -874,27 +890,28 @@ def _iter_lines(
                 progress(base, total)
 
 
-def _alternatives(value: Any) -> tuple[str, ...]:
+def _alternatives(value: Any) -> tuple[Any, ...]:
     if isinstance(value, str | int | float):
-        return (str(value),)
-    return tuple(str(v) for v in value)
+        return (value,)
+    return tuple(value)
 
 
-def _needles(name: str, alts: tuple[str, ...]) -> list[bytes]:
-    """Byte strings one of which every matching line must contain (JSON-encoded,
-    both ASCII-escaped and raw UTF-8 so files from other writers still match)."""
+def _needles(name: str, alts: tuple[Any, ...]) -> list[bytes]:
+    """Byte strings one of which every matching line must contain: the value as
+    JSON (a string quoted, a number bare), both raw UTF-8 and ASCII-escaped so
+    files from other writers still match."""
     out = []
     for v in alts:
         for ascii_ in (False, True):
             enc = json.dumps(v, ensure_ascii=ascii_).encode()
             if name == "host":
-                enc = enc[1:]  # suffix match: "…example.com"
+                enc = enc[1:]  # suffix match: …example.com"
             if enc not in out:
                 out.append(enc)
     return out
 
 
-def _matches(rec: dict[str, Any], filters: dict[str, tuple[str, ...]]) -> bool:
+def _matches(rec: dict[str, Any], filters: dict[str, tuple[Any, ...]]) -> bool:
     for name, alts in filters.items():
         v = rec.get(name)
         if v is None:
@@ -903,7 +920,7 @@ def _matches(rec: dict[str, Any], filters: dict[str, tuple[str, ...]]) -> bool:
             h = str(v).lower()
             if not any(h == a or h.endswith("." + a) for a in alts):
                 return False
-        elif str(v) not in alts:
+        elif str(v) not in alts and v not in alts:
             return False
     return True
 
@@ -918,13 +935,13 @@ def scan(
     **filters: Any,
 ) -> Iterator[tuple[bytes, dict[str, Any]]]:
     """(raw line, record) pairs matching the filters; see :func:`iter_records`."""
-    flt: dict[str, tuple[str, ...]] = {}
+    flt: dict[str, tuple[Any, ...]] = {}
     for k, v in filters.items():
         if v is None:
             continue
         alts = _alternatives(v)
         if k == "host":
-            alts = tuple(a.lower().rstrip(".") for a in alts)
+            alts = tuple(str(a).lower().rstrip(".") for a in alts)
         flt[k] = alts
     lo = _ts_to_key(since) if since is not None else None
     hi = _ts_to_key(until) if until is not None else None
@@ -945,7 +962,7 @@ def scan(
     # Prefilter on the most selective-looking single-valued string filter.
     needle: bytes | None = None
     line_needles: list[list[bytes]] = []
-    for name, alts in sorted(flt.items(), key=lambda kv: -max(len(a) for a in kv[1])):
+    for name, alts in sorted(flt.items(), key=lambda kv: -max(len(str(a)) for a in kv[1])):
         ns = _needles(name, alts)
         if needle is None and len(ns) == 1:
             needle = ns[0]
@@ -1037,6 +1054,49 @@ def _lookahead(stream: Any, want: str, after: int) -> int | None:
     return None
 
 
+_PREV_TAIL = b',"prev":"'  # the writer puts prev last: ...,"prev":"<64 hex>"}
+
+
+def _parse(body: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(record, "") or (None, why it is not an audit record)."""
+    try:
+        rec = json.loads(body)
+    except ValueError as exc:
+        return None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(rec, dict) or "prev" not in rec:
+        return None, "not an audit record (no prev field)"
+    return rec, ""
+
+
+def _prev_of(body: bytes) -> tuple[Any, str]:
+    """(prev, "") from a line, or (None, why not). Lines as this writer makes
+    them are read from their fixed suffix without a JSON parse: a line whose
+    hash the next line attests is byte-for-byte what was written, so parsing
+    it again would prove nothing (lines that fail get parsed for the reason)."""
+    if body[-75:-66] == _PREV_TAIL and body[-2:] == b'"}':
+        return body[-66:-2].decode("ascii", "replace"), ""
+    rec, why = _parse(body)
+    return (rec["prev"], "") if rec is not None else (None, why)
+
+
+def _link_break(stream: Any, prev: Any, lineno: int, recent: deque[tuple[str, int]]) -> str:
+    """Why line ``lineno`` does not chain from the line before it, as precisely as the hashes allow."""
+    if not isinstance(prev, str) or not _HEX64.match(prev):
+        return "prev is not a SHA-256 hex digest"
+    earlier = next((n for h, n in recent if h == prev), None)
+    if earlier is not None:
+        return (
+            f"chains from line {earlier}, not from line {lineno - 1}: lines were inserted or moved"
+        )
+    later = _lookahead(stream, prev, lineno)
+    if later is not None:
+        return f"chains from line {later}, which comes later in the file: lines were reordered"
+    return (
+        f"prev is not the hash of line {lineno - 1}: line {lineno - 1} was altered, "
+        f"or lines were removed between {lineno - 1} and {lineno}"
+    )
+
+
 def verify(paths: Iterable[str | Path], progress: Progress | None = None) -> VerifyResult:
     """Check every ``prev`` link, within and across files, in chronological order.
 
@@ -1063,6 +1123,7 @@ def verify(paths: Iterable[str | Path], progress: Progress | None = None) -> Ver
             lineno = 0
             recent: deque[tuple[str, int]] = deque(maxlen=256)
             last_hash: str | None = None
+            last_body = b""
             try:
                 for line in stream:
                     lineno += 1
@@ -1070,76 +1131,56 @@ def verify(paths: Iterable[str | Path], progress: Progress | None = None) -> Ver
                     if progress and lineno % 65536 == 0:
                         progress(base + raw.tell(), total)
                     if not line.endswith(b"\n"):
-                        return broken(
-                            path,
-                            lineno,
-                            "incomplete last line (no newline): the write was cut short",
-                        )
+                        why = "incomplete last line (no newline): the write was cut short"
+                        return broken(path, lineno, why)
                     body = line[:-1]
-                    try:
-                        rec = json.loads(body)
-                    except ValueError as exc:
-                        return broken(
-                            path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})"
-                        )
-                    if not isinstance(rec, dict) or "prev" not in rec:
-                        return broken(path, lineno, "not an audit record (no prev field)")
-                    prev = rec["prev"]
-                    h = _sha(body)
                     if lineno == 1:
+                        rec, why = _parse(body)
+                        if rec is None:
+                            return broken(path, 1, why)
                         if rec.get("type") != "header":
-                            return broken(
-                                path,
-                                1,
-                                "first line is not a header record (line 1 was deleted or replaced)",
+                            why = (
+                                "first line is not a header record (line 1 was deleted or replaced)"
                             )
+                            return broken(path, 1, why)
                         named = rec.get("prev_file")
                         if prev_file is None:
-                            if named:
-                                res.notes.append(
-                                    f"chain starts at {path.name}; the file before it ({named}) "
-                                    "is not among those checked (removed by retention, or not given)"
-                                )
-                            else:
-                                res.notes.append(
-                                    f"chain starts at {path.name} (first file ever written)"
-                                )
-                        elif prev is None or prev != prev_hash:
+                            res.notes.append(
+                                f"chain starts at {path.name}; the file before it ({named}) is not "
+                                "among those checked (removed by retention, or not given)"
+                                if named
+                                else f"chain starts at {path.name} (first file ever written)"
+                            )
+                        elif rec["prev"] is None or rec["prev"] != prev_hash:
                             why = rec.get("prev_error") or (
                                 f"its header chains from {named or 'nothing'} but the file before it "
                                 f"is {prev_file.name}, whose last line has a different hash: a file is "
                                 f"missing between them, or the end of {prev_file.name} was altered"
                             )
                             return broken(path, 1, why)
-                    elif prev != last_hash:
-                        if not isinstance(prev, str) or not _HEX64.match(prev):
-                            return broken(path, lineno, "prev is not a SHA-256 hex digest")
-                        earlier = next((n for hh, n in recent if hh == prev), None)
-                        if earlier is not None:
-                            why = (
-                                f"chains from line {earlier}, not from line {lineno - 1}: "
-                                "lines were inserted or moved"
-                            )
-                        else:
-                            later = _lookahead(stream, prev, lineno)
-                            if later is not None:
-                                why = (
-                                    f"chains from line {later}, which comes later in the file: "
-                                    "lines were reordered"
-                                )
-                            else:
-                                why = (
-                                    f"prev is not the hash of line {lineno - 1}: line {lineno - 1} was "
-                                    f"altered, or lines were removed between {lineno - 1} and {lineno}"
-                                )
-                        return broken(path, lineno, why)
-                    recent.append((h, lineno))
-                    last_hash = h
+                    else:
+                        prev, why = _prev_of(body)
+                        if why:
+                            return broken(path, lineno, why)
+                        if prev != last_hash:
+                            _, why = _parse(last_body)  # the line before may be the damaged one
+                            if why:
+                                return broken(path, lineno - 1, why)
+                            _, why = _parse(body)
+                            if why:
+                                return broken(path, lineno, why)
+                            return broken(path, lineno, _link_break(stream, prev, lineno, recent))
+                    last_hash = _sha(body)
+                    last_body = body
+                    recent.append((last_hash, lineno))
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 return broken(path, lineno + 1, f"cannot read: {exc}")
             if lineno == 0:
                 res.notes.append(f"{path.name} is empty")
                 continue
+            _, why = _parse(last_body)  # attested only by the next file, if any
+            if why:
+                return broken(path, lineno, why)
             base += raw.tell()
         prev_hash, prev_file = last_hash, path
     if progress:
@@ -1159,6 +1200,7 @@ __all__ = [
     "load_pseudonym_key",
     "parse_file_name",
     "pseudonym",
+    "pseudonym_key_path",
     "redact_query",
     "scan",
     "strip_userinfo",
