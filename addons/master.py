@@ -34,7 +34,7 @@ from proxy.yamlpos import InputError
 
 from .access import Access
 from .filter import Filter
-from .record import MITM_SERVER_LOGGER, ByteCounter, ProtocolErrorAudit, Recorder
+from .record import MITM_SERVER_LOGGER, ProtocolErrorAudit, Recorder
 from .runtime import Runtime
 
 log = logging.getLogger("cipa.proxy")
@@ -111,7 +111,6 @@ class CipaMaster(master.Master):
             tlsconfig.TlsConfig(),
             Access(rt, recorder),
             Filter(rt, recorder),
-            ByteCounter(),
             recorder,
         )
 

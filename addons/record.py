@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cipa.record")
 
+STREAM_ABOVE = 1 << 20  # bodies larger than this (or of unknown length) are streamed, not buffered
+
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
@@ -70,11 +72,37 @@ class Recorder:
 
     # ------------------------------------------------------------------ mitmproxy hooks
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Tag every response with its request ID; stream large or unknown-length bodies.
+
+        A streamed body reaches the client before the ``response`` hook runs, so a
+        streamed request is recorded now, before its first byte is sent: a process
+        killed mid-transfer never leaves an answered request without its record.
+        """
+        resp = flow.response
+        rid = flow.metadata.get("cipa_id")
+        if resp is None or rid is None:
+            return
+        resp.headers["X-Cipa-Request-Id"] = rid
+        d = flow.metadata.get("cipa_decision")
+        if d is None or d.action != ALLOW:
+            return
+        length = resp.headers.get("content-length", "")
+        if length.isdigit() and int(length) <= STREAM_ABOVE:
+            return  # buffered: recorded in `response`, before any byte goes to the client
+        meta = flow.metadata
+        meta["cipa_bytes_out"] = int(length) if length.isdigit() else None
+        resp.stream = True
         self._flow(flow)
+        meta["cipa_recorded"] = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if not flow.metadata.get("cipa_recorded"):
+            self._flow(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._flow(flow)
+        if not flow.metadata.get("cipa_recorded"):
+            self._flow(flow)
 
     def _flow(self, flow: http.HTTPFlow) -> None:
         try:
@@ -198,23 +226,6 @@ class Recorder:
                 "method": None, "url": None, "host": None, "status": None, "tls": None,
             }
         )  # fmt: skip
-
-
-class ByteCounter:
-    """Stream allowed responses (bounded memory) while counting their bytes for the audit record."""
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        d = flow.metadata.get("cipa_decision")
-        if d is None or d.action != ALLOW or flow.response is None:
-            return
-        meta = flow.metadata
-        meta["cipa_bytes_out"] = 0
-
-        def count(chunk: bytes) -> bytes:
-            meta["cipa_bytes_out"] += len(chunk)
-            return chunk
-
-        flow.response.stream = count
 
 
 # Messages mitmproxy logs (at INFO, on this logger) when it answers a request it
