@@ -78,7 +78,7 @@ def test_decrypted_search_requests_are_forced(chained: ProxyProcess) -> None:
     recs = [
         r
         for r in chained.audit_records()
-        if r.get("url", "").startswith("https://www.google.com/search")
+        if (r.get("url") or "").startswith("https://www.google.com/search")
     ]
     assert recs and recs[-1]["safesearch"] == "google"
 
