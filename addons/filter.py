@@ -22,7 +22,7 @@ from proxy.model import BLOCK, Decision, Request
 from proxy.resolve import Resolver
 from proxy.safesearch import Target, force_cookie, force_query
 
-from .record import Recorder
+from .record import Recorder, flow_client
 from .runtime import Runtime, new_request_id
 
 log = logging.getLogger("cipa.filter")
@@ -39,6 +39,8 @@ class Tunnel:
     request_id: str
     started: float
     user: str | None = None
+    member_of: frozenset[str] = frozenset()
+    client: str = ""
     kill: bool = False
     route: str | None = None  # SafeSearch address to connect to instead of the host
     safesearch: str | None = None  # the engine whose SafeSearch is enforced by routing
@@ -49,9 +51,11 @@ def _client_ip(conn: connection.Client) -> str:
 
 
 def _user(flow: http.HTTPFlow) -> str | None:
-    # proxyauth stores (user, password); only ever read the user name.
-    auth = flow.metadata.get("proxyauth")
-    return auth[0] if auth else None
+    return flow.metadata.get("cipa_user")
+
+
+def _member_of(flow: http.HTTPFlow) -> frozenset[str]:
+    return flow.metadata.get("cipa_member_of") or frozenset()
 
 
 def _header_host(value: str | None) -> str | None:
@@ -179,10 +183,12 @@ class Filter:
     # ------------------------------------------------------------------ CONNECT
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return  # already answered (407 from addons.who)
         rid = new_request_id()
         try:
             engine = self.rt.engine
-            client = _client_ip(flow.client_conn)
+            client = flow_client(flow)
             host, port = flow.request.host, flow.request.port
             if engine is None:
                 return self._refuse_connect(
@@ -196,9 +202,10 @@ class Filter:
                 method="CONNECT",
                 client=client,
                 user=_user(flow),
+                member_of=_member_of(flow),
             )
             if port not in self.rt.config.tls.connect_ports:
-                g = engine.group_for(client, req.user)
+                g = engine.group_for(client, req.user, req.member_of)
                 d = _special(
                     "port",
                     f"CONNECT to port {port} is not allowed",
@@ -210,7 +217,7 @@ class Filter:
             d = self._decide(engine, req)
             if d.category == "malformed":
                 return self._refuse_connect(flow, d, 400, rid, kind="malformed")
-            t = Tunnel(host, port, d, False, rid, time.time(), req.user)
+            t = Tunnel(host, port, d, False, rid, time.time(), req.user, req.member_of, client)
             self._plan(engine, t)
             if d.blocked and not t.intercept:
                 return self._refuse_connect(flow, d, 403, rid)
@@ -244,8 +251,8 @@ class Filter:
                 self.tunnels[client.id] = t
             elif sni and sni != t.host:
                 req = Request(
-                    host=t.host, path="/", scheme="https", port=t.port, client=_client_ip(client),
-                    user=t.user, sni=sni,
+                    host=t.host, path="/", scheme="https", port=t.port, client=t.client or _client_ip(client),
+                    user=t.user, member_of=t.member_of, sni=sni,
                 )  # fmt: skip
                 d = self._decide(engine, req)
                 if d.blocked:
@@ -322,8 +329,9 @@ class Filter:
                 scheme=r.scheme,
                 port=r.port,
                 method=r.method,
-                client=_client_ip(flow.client_conn),
+                client=flow_client(flow),
                 user=_user(flow),
+                member_of=_member_of(flow),
                 sni=flow.client_conn.sni,
                 host_header=host_header if host_header and host_header != r.host.lower() else None,
             )

@@ -36,6 +36,7 @@ from .access import Access
 from .filter import Filter
 from .record import MITM_SERVER_LOGGER, ProtocolErrorAudit, Recorder
 from .runtime import Runtime
+from .who import Who
 
 log = logging.getLogger("cipa.proxy")
 
@@ -110,6 +111,7 @@ class CipaMaster(master.Master):
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
             Access(rt, recorder),
+            Who(rt, recorder),
             Filter(rt, recorder),
             recorder,
         )

@@ -27,6 +27,13 @@ log = logging.getLogger("cipa.record")
 STREAM_ABOVE = 1 << 20  # bodies larger than this (or of unknown length) are streamed, not buffered
 
 
+def flow_client(flow: http.HTTPFlow) -> str:
+    """The real client address (set by addons.who from trusted X-Forwarded-For), else the peer."""
+    return flow.metadata.get("cipa_client") or (
+        flow.client_conn.peername[0] if flow.client_conn.peername else ""
+    )
+
+
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
@@ -126,15 +133,9 @@ class Recorder:
             end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
             ms = round((end - r.timestamp_start) * 1000, 1)
             self.rt.metrics.request_duration.observe(max(0.0, ms / 1000))
-            rec = self._base(
-                d,
-                rid,
-                flow.client_conn.peername[0] if flow.client_conn.peername else "",
-                r.timestamp_start,
-            )
-            auth = flow.metadata.get("proxyauth")
+            rec = self._base(d, rid, flow_client(flow), r.timestamp_start)
             rec.update(
-                user=auth[0] if auth else None,
+                user=flow.metadata.get("cipa_user"),
                 method=r.method,
                 url=d.url or r.pretty_url,
                 host=r.pretty_host,
@@ -167,15 +168,9 @@ class Recorder:
         try:
             self._count(d)
             r = flow.request
-            rec = self._base(
-                d,
-                rid,
-                flow.client_conn.peername[0] if flow.client_conn.peername else "",
-                r.timestamp_start,
-            )
-            auth = flow.metadata.get("proxyauth")
+            rec = self._base(d, rid, flow_client(flow), r.timestamp_start)
             rec.update(
-                user=auth[0] if auth else None, method="CONNECT", url=f"{r.host}:{r.port}", host=r.host,
+                user=flow.metadata.get("cipa_user"), method="CONNECT", url=f"{r.host}:{r.port}", host=r.host,
                 status=status, bytes_in=0, bytes_out=0, ms=round((time.time() - r.timestamp_start) * 1000, 1),
                 ua=r.headers.get("user-agent"), sni=None, tls=tls_mode, reason=d.reason,
             )  # fmt: skip
@@ -190,7 +185,10 @@ class Recorder:
             d = t.decision
             self._count(d)
             rec = self._base(
-                d, t.request_id, client.peername[0] if client.peername else "", t.started
+                d,
+                t.request_id,
+                t.client or (client.peername[0] if client.peername else ""),
+                t.started,
             )
             rec.update(
                 user=t.user, method="CONNECT", url=f"{t.host}:{t.port}", host=t.host, status=None,

@@ -14,9 +14,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 
+from .identity import LdapSettings
+from .schedule import Schedule, ScheduleError
+from .schedule import parse as parse_schedule
 from .yamlpos import FROM_COMMAND_LINE, InputError, Key, Located, Problem, dotted, load_yaml_file
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -101,6 +105,33 @@ class Downloads:
 
 
 @dataclass(frozen=True)
+class ScheduledChange:
+    """While ``schedule`` is active, these categories move to allow/block and the default may change."""
+
+    schedule: str
+    allow: frozenset[str] = frozenset()
+    block: frozenset[str] = frozenset()
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    backend: str = "none"  # none | htpasswd | ldap
+    htpasswd: Path | None = None
+    ldap: LdapSettings | None = None
+    required_for: tuple[Network, ...] = ()  # client ranges that must sign in
+    cache_seconds: float = 300.0
+    realm: str = "School Internet"
+
+
+@dataclass(frozen=True)
+class OverrideConfig:
+    minutes: int = 60
+    key_file: Path | None = None  # HMAC key for override tokens (created 0600 if missing)
+    state_file: Path | None = None  # active grants, shared with `cipa-proxy overrides`
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     allow: frozenset[str] = frozenset()
@@ -111,6 +142,7 @@ class Policy:
     downloads: Downloads = Downloads()
     override: bool = False
     source: str = ""  # "config.yaml:40", for explanations
+    during: tuple[ScheduledChange, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,10 +155,14 @@ class Group:
     catch_all: bool = False  # neither ``clients`` nor ``users`` given: matches everyone
 
     def matches(
-        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, user: str | None
+        self,
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+        user: str | None,
+        member_of: frozenset[str] = frozenset(),
     ) -> bool:
-        """A group that names neither clients nor users matches everyone; empty lists match no one."""
-        if self.catch_all:
+        """A group that names neither clients nor users matches everyone; empty lists match no one.
+        A signed-in user also matches the groups their directory membership maps to."""
+        if self.catch_all or self.name in member_of:
             return True
         if user is not None and user.lower() in self.users:
             return True
@@ -151,6 +187,11 @@ class Config:
     district: DistrictConfig = DistrictConfig()
     log: LogConfig = LogConfig()
     safesearch: SafeSearchConfig = SafeSearchConfig()
+    auth: AuthConfig = AuthConfig()
+    trusted_proxies: tuple[Network, ...] = ()
+    timezone: str = "UTC"
+    schedules: tuple[Schedule, ...] = ()
+    overrides: OverrideConfig = OverrideConfig()
 
     def client_allowed(self, ip: str) -> bool:
         try:
@@ -298,7 +339,8 @@ def _parse(loc: Located, base: Path) -> Config:
     r.base = base  # type: ignore[attr-defined]
     top_keys = (
         "listen", "clients", "groups", "policies", "rules_dir", "upstream", "on_error",
-        "tls", "audit", "metrics", "district", "log", "safesearch",
+        "tls", "audit", "metrics", "district", "log", "safesearch", "auth",
+        "trusted_proxies", "timezone", "schedules", "overrides",
     )  # fmt: skip
     top = r.mapping(loc.data, (), top_keys)
     P: Key = ()
@@ -407,6 +449,35 @@ def _parse(loc: Located, base: Path) -> Config:
     for i, c in enumerate(tls.never_inspect):
         category(c, (*tk, "never_inspect", i))
 
+    timezone = r.get(top, P, "timezone", r.str_, "UTC")
+    try:
+        ZoneInfo(timezone)
+    except Exception:
+        r.fail(("timezone",), f"unknown time zone {timezone!r}")
+    schedules: dict[str, Schedule] = {}
+    sraw = r.mapping(top.get("schedules"), ("schedules",), top.get("schedules") or {})
+    for sname, stext in sraw.items():
+        try:
+            schedules[sname] = parse_schedule(sname, r.str_(stext, ("schedules", sname)))
+        except ScheduleError as exc:
+            r.fail(("schedules", sname), str(exc))
+
+    def scheduled(v: Any, path: Key) -> ScheduledChange | None:
+        m = r.mapping(v, path, ("schedule", "allow", "block", "default"))
+        sname = r.get(m, path, "schedule", r.str_, "")
+        if sname not in schedules:
+            r.fail(
+                (*path, "schedule"),
+                f"unknown schedule {sname!r} (defined: {', '.join(sorted(schedules)) or 'none'})",
+            )
+        default = r.get(m, path, "default", r.choice("allow", "block"), None)
+        return ScheduledChange(
+            sname,
+            frozenset(r.get(m, path, "allow", r.list_(category), ())),
+            frozenset(r.get(m, path, "block", r.list_(category), ())),
+            default,
+        )
+
     policies: dict[str, Policy] = {}
     pm = r.mapping(top.get("policies"), ("policies",), top.get("policies") or {})
     policy_keys = (
@@ -417,6 +488,7 @@ def _parse(loc: Located, base: Path) -> Config:
         "ip_literals",
         "downloads",
         "override",
+        "during",
     )
     for pname, pval in pm.items():
         pk: Key = ("policies", pname)
@@ -438,9 +510,65 @@ def _parse(loc: Located, base: Path) -> Config:
             downloads=Downloads(tuple(e.lower().lstrip(".") for e in exts)),
             override=r.get(p, pk, "override", r.bool_, False),
             source=r.where(pk),
+            during=tuple(
+                c for c in r.get(p, pk, "during", r.list_(scheduled), ()) if c is not None
+            ),
         )
     if not policies:
         r.fail(("policies",), "at least one policy is required")
+
+    ak2 = ("auth",)
+    am2 = r.mapping(
+        top.get("auth"),
+        ak2,
+        ("backend", "htpasswd", "ldap", "required_for", "cache_seconds", "realm"),
+    )
+    backend = r.get(am2, ak2, "backend", r.choice("none", "htpasswd", "ldap"), "none")
+    htpasswd = r.get(am2, ak2, "htpasswd", r.path_, None)
+    lk2 = (*ak2, "ldap")
+    lm = r.mapping(
+        am2.get("ldap"), lk2, ("url", "user_dn", "base_dn", "user_filter", "groups", "timeout")
+    )
+    ldap = None
+    if backend == "ldap" or am2.get("ldap"):
+        gm = r.mapping(lm.get("groups"), (*lk2, "groups"), lm.get("groups") or {})
+        ldap = LdapSettings(
+            url=r.get(lm, lk2, "url", r.str_, ""),
+            user_dn=r.get(lm, lk2, "user_dn", r.str_, ""),
+            base_dn=r.get(lm, lk2, "base_dn", r.str_, ""),
+            user_filter=r.get(lm, lk2, "user_filter", r.str_, LdapSettings.user_filter),
+            groups=tuple(sorted((str(k), r.str_(v, (*lk2, "groups", k))) for k, v in gm.items())),
+            timeout=r.get(lm, lk2, "timeout", r.float_, 5.0),
+        )
+        if not ldap.url.startswith(("ldap://", "ldaps://")):
+            r.fail((*lk2, "url"), f"expected ldap://host[:port] or ldaps://..., got {ldap.url!r}")
+        if "{user}" not in ldap.user_dn:
+            r.fail(
+                (*lk2, "user_dn"),
+                "must contain {user}, e.g. uid={user},ou=people,dc=example,dc=org",
+            )
+    if backend == "htpasswd" and htpasswd is None:
+        r.fail(ak2, "backend htpasswd needs auth.htpasswd (path to the file)")
+    auth = AuthConfig(
+        backend=backend,
+        htpasswd=htpasswd,
+        ldap=ldap,
+        required_for=tuple(
+            n for n in r.get(am2, ak2, "required_for", r.list_(r.cidr), ()) if n is not None
+        ),
+        cache_seconds=r.get(am2, ak2, "cache_seconds", r.float_, 300.0),
+        realm=r.get(am2, ak2, "realm", r.str_, "School Internet"),
+    )
+    trusted = tuple(
+        n for n in r.get(top, P, "trusted_proxies", r.list_(r.cidr), ()) if n is not None
+    )
+    ok2 = ("overrides",)
+    om = r.mapping(top.get("overrides"), ok2, ("minutes", "key_file", "state_file"))
+    overrides = OverrideConfig(
+        minutes=r.get(om, ok2, "minutes", lambda v, k: r.int_(v, k, 1, 7 * 24 * 60), 60),
+        key_file=r.get(om, ok2, "key_file", r.path_, tls.confdir / "overrides.key"),
+        state_file=r.get(om, ok2, "state_file", r.path_, tls.confdir / "overrides.json"),
+    )
 
     groups: list[Group] = []
     seen: set[str] = set()
@@ -492,6 +620,11 @@ def _parse(loc: Located, base: Path) -> Config:
         district=district,
         log=log_cfg,
         safesearch=safesearch,
+        auth=auth,
+        trusted_proxies=trusted,
+        timezone=timezone,
+        schedules=tuple(schedules.values()),
+        overrides=overrides,
     )
 
 

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from . import wrapped
 from .canonical import Malformed, canonical_host, canonical_path, canonical_url, is_ip_literal
@@ -25,6 +28,7 @@ from .domains import registered_domain
 from .model import ALLOW, BLOCK, Decision, Request
 from .rules import _MAX_CATEGORIES, RuleSet, load_rules
 from .safesearch import SafeSearch
+from .schedule import active_names
 
 log = logging.getLogger("cipa.engine")
 
@@ -61,22 +65,57 @@ class Match:
 class Engine:
     """Compiled rules plus config; immutable once built, swapped whole on reload."""
 
-    def __init__(self, config: Config, rules: RuleSet, safesearch: SafeSearch | None = None):
+    def __init__(
+        self,
+        config: Config,
+        rules: RuleSet,
+        safesearch: SafeSearch | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.config = config
         self.rules = rules
         self.safesearch = safesearch or SafeSearch({})
-        self._views: dict[str, _PolicyView] = {}
-        for name, policy in config.policies.items():
+        self.clock = clock  # injectable for schedule tests
+        self._tz = ZoneInfo(config.timezone)
+        self._views: dict[tuple[str, frozenset[str]], _PolicyView] = {}
+        self._active: tuple[int, frozenset[str]] = (-1, frozenset())
+        self._groups: dict[tuple[str, str | None, frozenset[str]], Group] = {}
+        self._url_hosts = frozenset(rules.urls)
+        self._has_patterns = rules.pattern_set is not None
+
+    def _view(self, policy_name: str) -> _PolicyView:
+        """The policy as it stands now: its scheduled changes applied for the active schedules."""
+        policy = self.config.policies[policy_name]
+        active = self.active_schedules() if policy.during else frozenset()
+        key = (policy_name, active)
+        view = self._views.get(key)
+        if view is None:
+            allow, block, default = set(policy.allow), set(policy.block), policy.default
+            for change in policy.during:
+                if change.schedule in active:
+                    allow = (allow - change.block) | change.allow
+                    block = (block - change.allow) | change.block
+                    default = change.default or default
+            if active:
+                policy = replace(
+                    policy, allow=frozenset(allow), block=frozenset(block), default=default
+                )
             actions: list[str | None] = []
-            for cat in rules.cat_names:
-                action = ALLOW if cat in policy.allow else BLOCK if cat in policy.block else None
+            for cat in self.rules.cat_names:
+                action = ALLOW if cat in allow else BLOCK if cat in block else None
                 if action is None and cat == NO_SAFESEARCH and policy.safesearch == "strict":
                     action = BLOCK  # search engines SafeSearch cannot be forced on
                 actions.append(action)
-            self._views[name] = _PolicyView(policy, tuple(actions))
-        self._groups: dict[tuple[str, str | None], Group] = {}
-        self._url_hosts = frozenset(rules.urls)
-        self._has_patterns = rules.pattern_set is not None
+            view = self._views[key] = _PolicyView(policy, tuple(actions))
+        return view
+
+    def active_schedules(self) -> frozenset[str]:
+        """Names of the schedules in force now, recomputed once a minute."""
+        now = self.clock()
+        minute = int(now // 60)
+        if self._active[0] != minute:
+            self._active = (minute, active_names(self.config.schedules, now, self._tz))
+        return self._active[1]
 
     @classmethod
     def build(cls, config: Config) -> Engine:
@@ -89,9 +128,11 @@ class Engine:
 
     # ------------------------------------------------------------------ groups
 
-    def group_for(self, client: str, user: str | None = None) -> Group:
+    def group_for(
+        self, client: str, user: str | None = None, member_of: frozenset[str] = frozenset()
+    ) -> Group:
         """First matching group in config order; falls back to the last group."""
-        key = (client, user)
+        key = (client, user, member_of)
         group = self._groups.get(key)
         if group is not None:
             return group
@@ -102,7 +143,7 @@ class Engine:
         except ValueError:
             ip = None
         groups = self.config.groups
-        group = next((g for g in groups if g.matches(ip, user)), groups[-1])
+        group = next((g for g in groups if g.matches(ip, user, member_of)), groups[-1])
         if len(self._groups) > 65536:
             self._groups.clear()
         self._groups[key] = group
@@ -190,7 +231,7 @@ class Engine:
         """The decision for a request the filter could not decide (``on_error``, block by default)."""
         action = ALLOW if self.config.on_error == "allow" else BLOCK
         try:
-            group = self.group_for(req.client, req.user)
+            group = self.group_for(req.client, req.user, req.member_of)
             gname, pname = group.name, group.policy
         except Exception:
             gname = pname = "unknown"
@@ -205,8 +246,8 @@ class Engine:
         )
 
     def _decide(self, req: Request) -> Decision:
-        group = self.group_for(req.client, req.user)
-        view = self._views[group.policy]
+        group = self.group_for(req.client, req.user, req.member_of)
+        view = self._view(group.policy)
         policy = view.policy
         try:
             host = canonical_host(req.host)

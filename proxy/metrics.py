@@ -101,6 +101,17 @@ class Metrics:
             "Connections refused because the client is not allowed to use the proxy.",
             registry=r,
         )
+        self.auth_failures = Counter(
+            "cipa_auth_failures",
+            "Proxy sign-ins refused (wrong or unknown credentials).",
+            registry=r,
+        )
+        self.overrides = Counter(
+            "cipa_overrides",
+            "Adult overrides, by event (granted, used, refused).",
+            ["event"],
+            registry=r,
+        )
         self.filter_errors = Counter(
             "cipa_filter_errors", "Errors inside a deciding hook (fail closed).", registry=r
         )

@@ -32,6 +32,9 @@ class Request:
     user: str | None = None
     sni: str | None = None
     host_header: str | None = None  # the Host header when it names another host than ``host``
+    member_of: frozenset[str] = (
+        frozenset()
+    )  # cipa-proxy groups the user's directory membership maps to
 
 
 @dataclass(frozen=True, slots=True)

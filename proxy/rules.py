@@ -19,7 +19,7 @@ from .canonical import Malformed
 from .lists import Garbage, list_kind, parse_domain, parse_url, read_list
 from .yamlpos import InputError, Located, Problem, load_yaml_file
 
-RULE_KEYS = ("category", "description", "domains", "urls", "patterns", "include")
+RULE_KEYS = ("category", "description", "domains", "urls", "patterns", "include", "override")
 
 # Packed source reference: category id (8 bits) | file id (16 bits) | line (rest).
 _CAT_BITS, _FILE_BITS = 8, 16
@@ -46,6 +46,7 @@ class CategoryInfo:
     domains: int = 0
     urls: int = 0
     patterns: int = 0
+    override_never: bool = False  # `override: never`: no adult override may lift this category
 
     @property
     def entries(self) -> int:
@@ -150,6 +151,12 @@ class _Builder:
         cat = len(self.rs.cat_names)
         self.rs.cat_names.append(name)
         info = CategoryInfo(name, str(data.get("description") or ""), display)
+        override = data.get("override", "allowed")
+        if override not in ("allowed", "never"):
+            self.problems.append(
+                loc.problem(("override",), f"expected 'allowed' or 'never', got {override!r}")
+            )
+        info.override_never = override == "never"
         self.rs.categories[name] = info
         fid = self.file_id(display)
 

@@ -1,0 +1,138 @@
+"""Who is asking: the real client address and the signed-in user, for every flow.
+
+Runs before the filter. It reads ``X-Forwarded-For`` only from
+``trusted_proxies`` (anyone else could forge it), and checks proxy Basic
+credentials against htpasswd or LDAP. Verification runs in a worker thread
+(bcrypt and LDAP binds are slow) behind a cache; the answer is remembered
+per client connection so requests inside a decrypted tunnel inherit the
+identity of their CONNECT. The Proxy-Authorization header is always removed
+before anything goes upstream, and the password is never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+
+from mitmproxy import connection, http
+
+from proxy.config import Config
+from proxy.identity import Authenticator, Identity, make_authenticator, parse_basic
+from proxy.model import BLOCK, Decision
+
+from .record import Recorder
+from .runtime import Runtime, new_request_id
+
+log = logging.getLogger("cipa.who")
+
+
+def _in(addr: str, nets: tuple) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in n for n in nets if n.version == ip.version)
+
+
+def real_client(peer: str, xff: str | None, trusted: tuple) -> str:
+    """The client address: the right-most X-Forwarded-For hop not itself a trusted proxy."""
+    if not xff or not trusted or not _in(peer, trusted):
+        return peer
+    for hop in reversed([h.strip() for h in xff.split(",") if h.strip()]):
+        if not _in(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage in the header: trust nothing from it
+    return peer
+
+
+class Who:
+    def __init__(self, rt: Runtime, recorder: Recorder):
+        self.rt = rt
+        self.rec = recorder
+        self.by_conn: dict[str, tuple[str, Identity | None]] = {}
+        self._auth: tuple[object, Authenticator | None] | None = None
+
+    def _authenticator(self, cfg: Config) -> Authenticator | None:
+        if self._auth is None or self._auth[0] is not cfg.auth:
+            a = cfg.auth
+            self._auth = (a, make_authenticator(a.backend, a.htpasswd, a.ldap, a.cache_seconds))
+        return self._auth[1]
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.by_conn.pop(client.id, None)
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        await self._identify(flow)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        known = self.by_conn.get(flow.client_conn.id)
+        if (
+            known is not None
+            and flow.request.scheme == "https"
+            and flow.client_conn.tls_established
+        ):
+            # a request inside a decrypted tunnel: the CONNECT already said who this is
+            self._mark(flow, *known)
+            return
+        await self._identify(flow)
+
+    def _mark(self, flow: http.HTTPFlow, client: str, identity: Identity | None) -> None:
+        flow.metadata["cipa_client"] = client
+        if identity is not None:
+            flow.metadata["cipa_user"] = identity.user
+            flow.metadata["cipa_member_of"] = identity.groups
+
+    async def _identify(self, flow: http.HTTPFlow) -> None:
+        try:
+            cfg = self.rt.config
+            peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+            client = real_client(
+                peer, flow.request.headers.get("x-forwarded-for"), cfg.trusted_proxies
+            )
+            creds = parse_basic(flow.request.headers.get("proxy-authorization"))
+            flow.request.headers.pop("proxy-authorization", None)
+            auth = self._authenticator(cfg)
+            identity = None
+            if auth is not None:
+                required = _in(client, cfg.auth.required_for)
+                if creds is None:
+                    if required:
+                        return self._challenge(flow, cfg, "sign in to use the Internet")
+                else:
+                    hit, identity = auth.cached(*creds)
+                    if not hit:
+                        identity = await asyncio.to_thread(auth.check, *creds)
+                    if identity is None:
+                        self.rt.metrics.auth_failures.inc()
+                        return self._challenge(flow, cfg, "user name or password not accepted")
+            self._mark(flow, client, identity)
+            self.by_conn[flow.client_conn.id] = (client, identity)
+        except Exception:
+            log.exception("identity check failed; refusing the request")
+            self._challenge(flow, self.rt.config, "sign-in is unavailable right now")
+
+    def _challenge(self, flow: http.HTTPFlow, cfg: Config, why: str) -> None:
+        """407, and an audit record of the refusal (without the credentials, which were never kept)."""
+        realm = cfg.auth.realm.replace('"', "'")
+        rid = new_request_id()
+        d = Decision(BLOCK, "auth_required", "", "", "auth", why, flow.request.pretty_url)
+        flow.response = http.Response.make(
+            407,
+            f"Proxy authentication required: {why}.\n".encode(),
+            {
+                "Proxy-Authenticate": f'Basic realm="{realm}", charset="UTF-8"',
+                "Content-Type": "text/plain; charset=utf-8",
+                "Cache-Control": "no-store",
+                "X-Cipa-Request-Id": rid,
+            },
+        )
+        if flow.request.method == "CONNECT":
+            self.rec.connect(flow, d, rid, 407, tls_mode="refused")
+        else:
+            flow.metadata["cipa_id"] = rid
+            flow.metadata["cipa_decision"] = d
