@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import math
 import os
 import threading
 import time
@@ -118,8 +119,13 @@ class Ldap:
         if not password:  # an empty password is an anonymous bind: never a login
             return None
         dn = self.s.user_dn.format(user=escape_rdn(user))
-        server = ldap3.Server(self.s.url, connect_timeout=self.s.timeout)
-        conn = ldap3.Connection(server, user=dn, password=password, receive_timeout=self.s.timeout)
+        timeout = max(
+            1, math.ceil(self.s.timeout)
+        )  # ldap3 wants whole seconds (a float breaks its socket setup)
+        server = ldap3.Server(self.s.url, connect_timeout=timeout)
+        conn = ldap3.Connection(
+            server, user=dn, password=password, receive_timeout=timeout, check_names=False
+        )
         try:
             if not conn.bind():
                 return None
