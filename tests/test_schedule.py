@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import textwrap
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
