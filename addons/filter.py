@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from mitmproxy import connection, http, tls
-from mitmproxy.proxy import server_hooks
+from mitmproxy import connection, ctx, http, tcp, tls
+from mitmproxy.proxy import mode_specs, server_hooks
 
 from proxy import blockpage
-from proxy.canonical import Malformed, canonical_host, split_host_port
+from proxy.canonical import Malformed, canonical_host, is_ip_literal, split_host_port
 from proxy.engine import Engine
 from proxy.model import BLOCK, Decision, Request
 from proxy.resolve import Resolver
 from proxy.safesearch import Target, force_cookie, force_query
 
+from .override import Override
 from .record import Recorder, flow_client
 from .runtime import Runtime, new_request_id
 
@@ -44,10 +45,25 @@ class Tunnel:
     kill: bool = False
     route: str | None = None  # SafeSearch address to connect to instead of the host
     safesearch: str | None = None  # the engine whose SafeSearch is enforced by routing
+    connect: str | None = None  # transparent: the name connected to, not the client's address
 
 
 def _client_ip(conn: connection.Client) -> str:
     return conn.peername[0] if conn.peername else ""
+
+
+def _transparent(conn: connection.Client) -> bool:
+    """Redirected to us by the gateway (no CONNECT): mitmproxy's ``transparent`` listener."""
+    return isinstance(conn.proxy_mode, mode_specs.TransparentMode)
+
+
+def _name(host: str | None) -> str | None:
+    """The canonical host name to connect to, or None for an address or an unparseable host."""
+    try:
+        h = canonical_host(host) if host else None
+    except Malformed:
+        return None
+    return h if h and not is_ip_literal(h) else None
 
 
 def _user(flow: http.HTTPFlow) -> str | None:
@@ -76,9 +92,10 @@ def _special(
 
 
 class Filter:
-    def __init__(self, rt: Runtime, recorder: Recorder):
+    def __init__(self, rt: Runtime, recorder: Recorder, override: Override):
         self.rt = rt
         self.rec = recorder
+        self.override = override
         self.tunnels: dict[str, Tunnel] = {}
         self._resolver: tuple[object, Resolver] | None = None
 
@@ -217,6 +234,7 @@ class Filter:
             d = self._decide(engine, req)
             if d.category == "malformed":
                 return self._refuse_connect(flow, d, 400, rid, kind="malformed")
+            d, grant = self.override.lift(d, host, req.user, client)
             t = Tunnel(host, port, d, False, rid, time.time(), req.user, req.member_of, client)
             self._plan(engine, t)
             if d.blocked and not t.intercept:
@@ -238,17 +256,7 @@ class Filter:
             if engine is None:
                 raise RuntimeError("rules not loaded")
             if t is None:
-                # No CONNECT (transparent mode): the SNI is all we know.
-                server = data.context.server.address
-                host = sni or (server[0] if server else "")
-                port = server[1] if server else 443
-                req = Request(
-                    host=host, path="/", scheme="https", port=port, client=_client_ip(client)
-                )
-                d = self._decide(engine, req)
-                t = Tunnel(host, port, d, False, new_request_id(), time.time())
-                self._plan(engine, t)
-                self.tunnels[client.id] = t
+                t = self._transparent_tls(engine, client, data.context.server.address, sni)
             elif sni and sni != t.host:
                 req = Request(
                     host=t.host, path="/", scheme="https", port=t.port, client=t.client or _client_ip(client),
@@ -286,6 +294,78 @@ class Filter:
                 )
             data.ignore_connection = True
 
+    # ------------------------------------------------------------------ transparent (gateway)
+
+    def _transparent_tls(
+        self, engine: Engine, client: connection.Client, server: tuple | None, sni: str | None
+    ) -> Tunnel:
+        """A redirected TLS connection: decided on the SNI, or, without one, on the destination
+        address alone, i.e. as a site addressed by IP number (``ip_literals``; block for students)."""
+        ip, port = (server[0], server[1]) if server else ("", 443)
+        req = Request(
+            host=sni or ip, path="/", scheme="https", port=port, client=_client_ip(client)
+        )
+        d = self._decide(engine, req)
+        t = Tunnel(req.host, port, d, False, new_request_id(), time.time(), client=req.client)
+        if sni:
+            self._plan(engine, t)
+            t.connect = _name(sni)
+        else:  # nothing to show a block page for (no name for a certificate): pass or cut
+            t.decision = replace(d, reason=f"no server name (SNI) in the TLS handshake: {d.reason}")
+            if d.blocked:
+                self.rt.metrics.bypass.labels(kind="no_sni").inc()
+        self.tunnels[client.id] = t
+        return t
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        """Bytes that are neither TLS nor HTTP on a redirected connection: only the destination
+        address is known, so it is decided as a site addressed by IP number."""
+        client = flow.client_conn
+        if not _transparent(client) or client.id in self.tunnels:
+            return  # a CONNECT or a ClientHello already decided this connection
+        rid = new_request_id()
+        try:
+            engine = self.rt.engine
+            if engine is None:
+                raise RuntimeError("rules not loaded")
+            ip, port = flow.server_conn.address[:2] if flow.server_conn.address else ("", 0)
+            req = Request(host=ip, path="/", port=port, client=_client_ip(client))
+            d = self._decide(engine, req)
+            d = replace(d, reason=f"neither HTTP nor TLS on port {port}: {d.reason}")
+            t = Tunnel(ip, port, d, False, rid, time.time(), client=req.client, kill=d.blocked)
+            if d.blocked:
+                self.rt.metrics.bypass.labels(kind="not_http_tls").inc()
+        except Exception:
+            log.exception("filter error in tcp_start (request %s); closing the connection", rid)
+            self.rt.metrics.filter_errors.inc()
+            d = _special("filter_error", "filter error")
+            t = Tunnel("", 0, d, False, rid, time.time(), kill=True)
+        self.tunnels[client.id] = t
+        self.rec.tunnel(client, t, None, "refused" if t.kill else "passthrough")
+
+    def client_connected(self, client: connection.Client) -> None:
+        """Refuse a connection made straight to the transparent port (not redirected): its
+        "original destination" would be this listener itself, a loop."""
+        if not _transparent(client) or not client.sockname:
+            return
+        try:
+            ps = ctx.master.addons.get("proxyserver")
+            own = {
+                addr[1]
+                for server in ps.servers
+                if isinstance(server.mode, mode_specs.TransparentMode)
+                for addr in server.listen_addrs
+            }
+        except Exception:
+            log.exception("cannot list the transparent listeners; refusing %s", client.peername)
+            own = {client.sockname[1]}
+        if client.sockname[1] in own:
+            log.warning(
+                "refused %s: connected to the transparent port directly (not redirected)",
+                _client_ip(client),
+            )
+            client.error = "connect through the gateway, not to the transparent port"
+
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         t = self.tunnels.get(data.client.id)
         if t is None:
@@ -301,6 +381,8 @@ class Filter:
             except Exception as exc:  # fail closed: never fall back to the unrestricted address
                 log.error("cannot route %s to SafeSearch address %s: %s", t.host, t.route, exc)
                 data.server.error = f"SafeSearch address {t.route} unavailable"
+        elif t.connect and data.server.address:
+            data.server.address = (t.connect, data.server.address[1])
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.tunnels.pop(client.id, None)
@@ -323,8 +405,14 @@ class Filter:
                 )
             r = flow.request
             host_header = _header_host(r.host_header)
+            host = r.host
+            transparent = _transparent(flow.client_conn)
+            if transparent:
+                # r.host is the address the client connected to; the site is the name it asked
+                # for: the SNI (what the tunnel was decided on), else the Host header.
+                host = flow.client_conn.sni or host_header or r.host
             req = Request(
-                host=r.host,
+                host=host,
                 path=r.path,
                 scheme=r.scheme,
                 port=r.port,
@@ -333,10 +421,18 @@ class Filter:
                 user=_user(flow),
                 member_of=_member_of(flow),
                 sni=flow.client_conn.sni,
-                host_header=host_header if host_header and host_header != r.host.lower() else None,
+                host_header=host_header if host_header and host_header != host.lower() else None,
             )
             d = self._decide(engine, req)
+            d, grant = self.override.lift(d, host, req.user, req.client)
+            if grant is not None:
+                flow.metadata["cipa_override"] = grant.id
             flow.metadata["cipa_decision"] = d
+            if not d.blocked and transparent and (name := _name(host)):
+                # Connect to the name (resolved by the proxy), never to the address the client
+                # picked: an allowed Host/SNI must not reach another server. `data.host`: the
+                # Host header stays as the client sent it.
+                r.data.host = name
             if not d.blocked:
                 self._enforce_safesearch(engine, flow, d)
             else:
@@ -372,6 +468,9 @@ class Filter:
                 district=cfg.district.name,
                 contact=cfg.district.contact,
                 status=status,
+                accept_language=r.headers.get("accept-language", ""),
+                review_email=cfg.district.review_email,
+                logo=cfg.district.logo,
             )
         except Exception:
             log.exception("cannot render the block page for %s", rid)

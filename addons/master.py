@@ -34,9 +34,12 @@ from proxy.yamlpos import InputError
 
 from .access import Access
 from .filter import Filter
+from .onboarding import Onboarding
+from .override import Override
 from .record import MITM_SERVER_LOGGER, ProtocolErrorAudit, Recorder
 from .runtime import Runtime
 from .who import Who
+from .workers import from_env as _worker_from_env
 
 log = logging.getLogger("cipa.proxy")
 
@@ -103,6 +106,7 @@ class CipaMaster(master.Master):
         self.addons = CachedAddonManager(self)
         self._legacy_log_events.uninstall()  # lean logging: no per-record add_log events
         recorder = Recorder(rt)
+        override = Override(rt, recorder)
         self._protocol_errors = ProtocolErrorAudit(recorder)
         logging.getLogger(MITM_SERVER_LOGGER).addHandler(self._protocol_errors)
         self.addons.add(
@@ -111,8 +115,10 @@ class CipaMaster(master.Master):
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
             Access(rt, recorder),
+            Onboarding(rt),  # the setup page: answered here, before identity and filter
             Who(rt, recorder),
-            Filter(rt, recorder),
+            override,
+            Filter(rt, recorder, override),
             recorder,
         )
 
@@ -121,12 +127,23 @@ class CipaMaster(master.Master):
         logging.getLogger(MITM_SERVER_LOGGER).removeHandler(self._protocol_errors)
 
 
+def _modes(cfg: Config) -> list[str]:
+    """mitmproxy mode specs for listen.mode: the explicit proxy on listen.port, the transparent
+    listener (original destination from the gateway's REDIRECT rule) on listen.transparent_port."""
+    modes = []
+    if cfg.listen.explicit:
+        modes.append(f"upstream:{cfg.upstream}" if cfg.upstream else "regular")
+    if cfg.listen.transparent:
+        modes.append(f"transparent@{cfg.listen.transparent_port}")  # host: listen.host
+    return modes
+
+
 def mitm_options(cfg: Config) -> dict:
     """The allow-list: every mitmproxy option cipa-proxy sets, derived from config.yaml."""
     opts = {
         "listen_host": cfg.listen.host,
         "listen_port": cfg.listen.port,
-        "mode": [f"upstream:{cfg.upstream}" if cfg.upstream else "regular"],
+        "mode": _modes(cfg),
         "confdir": str(cfg.tls.confdir),
         "connection_strategy": "lazy",  # a blocked host is never contacted
         "ssl_insecure": not cfg.tls.verify_upstream,
@@ -280,6 +297,12 @@ async def _serve(cfg: Config, config_path: Path, overrides: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, m.shutdown)
 
+    # `run --workers N`: listen on the supervisor's socket once the first rule load is done.
+    worker = _worker_from_env()
+    first_load_done = asyncio.Event()
+    if worker is not None:
+        worker.install(first_load_done)
+
     metrics_server = None
     if cfg.metrics.host_port:
         from proxy.metrics import serve
@@ -295,6 +318,7 @@ async def _serve(cfg: Config, config_path: Path, overrides: list[str]) -> int:
     async def load_then_watch() -> None:
         try:
             await reloader.load(cfg)
+            first_load_done.set()
             await reloader.watch()
         except asyncio.CancelledError:
             raise
@@ -314,14 +338,18 @@ async def _serve(cfg: Config, config_path: Path, overrides: list[str]) -> int:
         while not ps.is_running:
             await asyncio.sleep(0.01)
         rt.listening = True
-        for host, port, *_ in ps.listen_addrs():
-            _say(f"cipa-proxy listening at {host}:{port}")
+        for server in ps.servers:  # explicit first, then the transparent listener (labelled)
+            label = " (transparent)" if server.mode.type_name == "transparent" else ""
+            for host, port, *_ in server.listen_addrs:
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                _say(f"cipa-proxy listening at {where}{label}")
 
     announcer = asyncio.create_task(announce())
+    orphan_watch = asyncio.create_task(worker.watch_parent(m.shutdown)) if worker else None
     try:
         await m.run()
     finally:
-        for task in (loader, fsyncer, announcer):
+        for task in (loader, fsyncer, announcer, orphan_watch):
             if task is not None:
                 task.cancel()
         if rt.audit is not None:

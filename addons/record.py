@@ -154,6 +154,8 @@ class Recorder:
                 rec["error"] = flow.error.msg
             if ss := flow.metadata.get("cipa_safesearch"):
                 rec["safesearch"] = ss
+            if grant := flow.metadata.get("cipa_override"):
+                rec["override"] = grant
             self._write(rec)
         except Exception:
             log.exception("cannot record flow")
@@ -202,6 +204,10 @@ class Recorder:
         except Exception:
             log.exception("cannot record tunnel")
             self.rt.metrics.audit_errors.inc()
+
+    def event(self, rec: dict) -> None:
+        """A record that is not a request: override grants and refusals, config events."""
+        self._write({"ts": _iso(time.time()), **rec})
 
     def malformed(self, client: str, detail: str) -> None:
         """A request mitmproxy rejected with 400 before any hook saw it."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from proxy.config import Config
 from proxy.engine import Engine
+from proxy.identity import Authenticator, make_authenticator
 from proxy.metrics import Metrics
 
 log = logging.getLogger("cipa.runtime")
@@ -39,6 +40,15 @@ class Runtime:
     fault_host: str | None = field(
         default_factory=lambda: os.environ.get("CIPA_INJECT_FAULT") or None
     )
+
+    _auth: tuple[object, Authenticator | None] | None = None
+
+    def authenticator(self) -> Authenticator | None:
+        """The sign-in backend for the config in force (rebuilt when the auth section changes)."""
+        a = self.config.auth
+        if self._auth is None or self._auth[0] is not a:
+            self._auth = (a, make_authenticator(a.backend, a.htpasswd, a.ldap, a.cache_seconds))
+        return self._auth[1]
 
     def set_engine(self, engine: Engine) -> None:
         self.engine = engine  # one assignment: requests see the old or the new rules, never a mix

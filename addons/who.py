@@ -18,7 +18,7 @@ import logging
 from mitmproxy import connection, http
 
 from proxy.config import Config
-from proxy.identity import Authenticator, Identity, make_authenticator, parse_basic
+from proxy.identity import Identity, parse_basic
 from proxy.model import BLOCK, Decision
 
 from .record import Recorder
@@ -55,13 +55,6 @@ class Who:
         self.rt = rt
         self.rec = recorder
         self.by_conn: dict[str, tuple[str, Identity | None]] = {}
-        self._auth: tuple[object, Authenticator | None] | None = None
-
-    def _authenticator(self, cfg: Config) -> Authenticator | None:
-        if self._auth is None or self._auth[0] is not cfg.auth:
-            a = cfg.auth
-            self._auth = (a, make_authenticator(a.backend, a.htpasswd, a.ldap, a.cache_seconds))
-        return self._auth[1]
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.by_conn.pop(client.id, None)
@@ -96,7 +89,7 @@ class Who:
             )
             creds = parse_basic(flow.request.headers.get("proxy-authorization"))
             flow.request.headers.pop("proxy-authorization", None)
-            auth = self._authenticator(cfg)
+            auth = self.rt.authenticator()
             identity = None
             if auth is not None:
                 required = _in(client, cfg.auth.required_for)

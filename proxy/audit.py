@@ -36,6 +36,7 @@ import errno
 import fcntl
 import gzip
 import hashlib
+import heapq
 import hmac
 import json
 import logging
@@ -196,6 +197,54 @@ def audit_files(paths: Iterable[str | Path]) -> list[Path]:
         else:
             _keep(known, (parsed[0], parsed[1]), p)
     return [known[k] for k in sorted(known)] + other
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def chain_dirs(directory: str | Path, depth: int = 2) -> list[Path]:
+    """The directories under an audit path that each hold one writer's hash chain.
+
+    ``cipa-proxy run --workers N`` gives every worker process its own directory
+    (``audit.path/worker-N``: one writer per directory), and a cluster may give
+    every pod one; the path itself counts when it holds audit files (a single
+    process, or files from before workers were used). Subdirectories are looked
+    at ``depth`` levels down. A directory without any audit file is returned
+    alone, so callers report "no audit files" as before.
+    """
+    directory = Path(directory)
+    found: list[Path] = []
+
+    def walk(d: Path, left: int) -> None:
+        if _dir_files(d):
+            found.append(d)
+        if left <= 0:
+            return
+        try:
+            subs = [
+                Path(e.path) for e in os.scandir(d) if e.is_dir() and not e.name.startswith(".")
+            ]
+        except OSError:
+            return
+        for sub in sorted(subs, key=lambda p: _natural(p.name)):
+            walk(sub, left - 1)
+
+    walk(directory, depth)
+    return found or [directory]
+
+
+def split_chains(paths: Iterable[str | Path]) -> list[list[Path]]:
+    """Group the given paths into chains: each chain directory alone, named files together."""
+    chains: list[list[Path]] = []
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            chains.extend([d] for d in chain_dirs(p))
+        else:
+            files.append(p)
+    return chains + ([files] if files else [])
 
 
 def _open_read(path: Path) -> tuple[Any, Any]:
@@ -934,7 +983,42 @@ def scan(
     progress: Progress | None = None,
     **filters: Any,
 ) -> Iterator[tuple[bytes, dict[str, Any]]]:
-    """(raw line, record) pairs matching the filters; see :func:`iter_records`."""
+    """(raw line, record) pairs matching the filters; see :func:`iter_records`.
+
+    Several chains (worker directories, see :func:`chain_dirs`) are read side by
+    side and merged by ``ts``, still streaming."""
+    chains = split_chains(paths) or [[]]
+    if len(chains) == 1:
+        yield from _scan_chain(
+            chains[0], since, until, include_headers=include_headers, progress=progress, **filters
+        )
+        return
+    done = [0] * len(chains)
+    total = sum(p.stat().st_size for c in chains for p in audit_files(c)) if progress else 0
+
+    def part(i: int) -> Progress | None:
+        def report(d: int, _t: int) -> None:
+            done[i] = d
+            progress(sum(done), total)  # type: ignore[misc]
+
+        return report if progress else None
+
+    streams = [
+        _scan_chain(c, since, until, include_headers=include_headers, progress=part(i), **filters)
+        for i, c in enumerate(chains)
+    ]
+    yield from heapq.merge(*streams, key=lambda lr: _normalise_ts(str(lr[1].get("ts", ""))))
+
+
+def _scan_chain(
+    paths: Iterable[str | Path],
+    since: str | float | datetime | None = None,
+    until: str | float | datetime | None = None,
+    *,
+    include_headers: bool = False,
+    progress: Progress | None = None,
+    **filters: Any,
+) -> Iterator[tuple[bytes, dict[str, Any]]]:
     flt: dict[str, tuple[Any, ...]] = {}
     for k, v in filters.items():
         if v is None:
@@ -1193,6 +1277,7 @@ __all__ = [
     "AuditLog",
     "VerifyResult",
     "audit_files",
+    "chain_dirs",
     "file_name",
     "gzip_file",
     "iso_utc",
@@ -1203,6 +1288,7 @@ __all__ = [
     "pseudonym_key_path",
     "redact_query",
     "scan",
+    "split_chains",
     "strip_userinfo",
     "verify",
 ]

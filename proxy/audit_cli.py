@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from .audit import audit_files, load_pseudonym_key, pseudonym, pseudonym_key_path, scan, verify
+from .audit import (
+    audit_files,
+    chain_dirs,
+    load_pseudonym_key,
+    pseudonym,
+    pseudonym_key_path,
+    scan,
+    split_chains,
+    verify,
+)
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -216,7 +225,11 @@ def _zone(name: str | None) -> tzinfo | None:
 def _header_tz(directory: Path) -> str | None:
     """The writer's time zone from the newest file's header record, for --dir without a config."""
     try:
-        files = audit_files([directory]) if directory.is_dir() else []
+        files = (
+            [f for d in chain_dirs(directory) for f in audit_files([d])]
+            if directory.is_dir()
+            else []
+        )
         for path in reversed(files):
             opener = gzip.open if path.name.endswith(".gz") else open
             with opener(path, "rb") as f:
@@ -426,6 +439,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 when every chain link holds, 1 at the first break (named file:line and why)."""
     paths = [Path(p) for p in args.paths] if args.paths else [_Context(args).dir]
+    chains = split_chains(paths)
+    if len(chains) > 1:  # worker directories (run --workers N): each is its own chain
+        return _verify_chains(paths, chains)
     try:
         files = audit_files(paths)
     except FileNotFoundError as exc:
@@ -452,6 +468,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(res)
     print(f"  ({res.lines} line(s) read in {res.files} file(s) before the break)")
     return EXIT_PROBLEMS
+
+
+def _verify_chains(paths: list[Path], chains: list[list[Path]]) -> int:
+    """Verify every chain on its own (one writer each): exit 1 if any is broken or empty."""
+    bad = 0
+    for chain in chains:
+        label = ", ".join(str(p) for p in chain)
+        try:
+            files = audit_files(chain)
+        except FileNotFoundError as exc:
+            print(
+                f"cipa-proxy audit verify: {exc.filename}: no such file or directory",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        if not files:
+            print(f"{label}: no audit files")
+            bad += 1
+            continue
+        progress = _Progress(f"verifying {label}")
+        try:
+            res = verify(files, progress=progress)
+        finally:
+            progress.close()
+        print(f"{label}: {res}")
+        if res.ok:
+            for note in res.notes:
+                print(f"  note: {note}")
+        else:
+            bad += 1
+            print(f"  ({res.lines} line(s) read in {res.files} file(s) before the break)")
+    print(f"{len(chains) - bad} of {len(chains)} chain(s) intact")
+    return EXIT_PROBLEMS if bad else EXIT_OK
 
 
 # ------------------------------------------------------------------ report

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -112,7 +113,10 @@ def cmd_lint(args: argparse.Namespace) -> int:
     print(f"{'category':24} {'domains':>9} {'urls':>7} {'patterns':>8}  file")
     for info in rules.categories.values():
         print(f"{info.name:24} {info.domains:9d} {info.urls:7d} {info.patterns:8d}  {info.file}")
-    unused = set(rules.categories) - {c for p in cfg.policies.values() for c in p.allow | p.block}
+    used = {c for p in cfg.policies.values() for c in p.allow | p.block}
+    if any(p.safesearch == "strict" for p in cfg.policies.values()):
+        used.add("nosafesearch")  # blocked implicitly by strict SafeSearch
+    unused = set(rules.categories) - used
     if unused:
         print(f"note: categories no policy uses: {', '.join(sorted(unused))}")
     print(
@@ -132,8 +136,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"listen.host={args.listen_host}")
     if args.listen_port is not None:
         overrides.append(f"listen.port={args.listen_port}")
+    if args.workers is not None:
+        overrides.append(f"workers={args.workers}")
     args.overrides = overrides
     cfg = load(args)
+    from . import workers
+
+    count = workers.resolve_count(cfg.workers)
+    if count > 1 and not workers.is_worker():  # a supervisor of `count` processes like this one
+        return workers.supervise(cfg, Path(args.config), overrides, count)
     from addons.master import run  # the only place the CLI touches mitmproxy
 
     return run(cfg, config_path=Path(args.config), overrides=overrides)
@@ -151,6 +162,43 @@ def cmd_ca(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from . import gateway
+
+    cfg = load(args)
+    text = gateway.render(cfg, args.format)  # raises InputError: exit 2 with file:line problems
+    for w in gateway.plan(cfg).warnings:
+        print(f"cipa-proxy: warning: {w}", file=sys.stderr)
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- overrides
+
+
+def cmd_overrides(args: argparse.Namespace) -> int:
+    from .overrides import OverrideStore, load_key
+
+    cfg = load(args).overrides
+    store = OverrideStore(load_key(cfg.key_file), cfg.state_file)
+    if args.overrides_command == "revoke":
+        g = store.revoke(args.id)
+        if g is None:
+            print(f"no active override with id {args.id}", file=sys.stderr)
+            return EXIT_PROBLEMS
+        print(f"revoked {g.id}: {g.user} on {g.domain} (takes effect within seconds)")
+        return EXIT_OK
+    rows = store.list(include_expired=args.all)
+    if not rows:
+        print("no overrides" if args.all else "no active overrides")
+    for g, state in rows:
+        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(g.expires_at))
+        print(
+            f"{g.id}  {state:13} {g.user:16} {g.client:15} {g.domain:30} {g.category:18} until {until}  {g.reason}"
+        )
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -164,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--listen-host", default=None)
     p.add_argument("--listen-port", type=int, default=None)
+    p.add_argument(
+        "--workers", default=None, metavar="N|auto",
+        help="proxy processes sharing the listener (default: workers in config.yaml, else 1; auto = one per core)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="show the decision for URLs, with the rule that made it")
@@ -193,6 +245,29 @@ def build_parser() -> argparse.ArgumentParser:
     _common(q)
     q.add_argument("--format", choices=("pem", "der"), default="pem")
     q.set_defaults(func=cmd_ca)
+
+    p = sub.add_parser("gateway", help="transparent filtering on the school gateway")
+    gw_sub = p.add_subparsers(dest="gateway_command", required=True)
+    q = gw_sub.add_parser(
+        "rules", help="print the firewall rules that send student traffic through the proxy"
+    )
+    _common(q)
+    q.add_argument(
+        "--format", choices=("nftables", "iptables", "ip6tables"), default="nftables",
+        help="nftables (IPv4+IPv6, nft -f), iptables / ip6tables (iptables-restore --noflush)",
+    )  # fmt: skip
+    q.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("overrides", help="adult overrides (bona fide research): list and revoke")
+    ov_sub = p.add_subparsers(dest="overrides_command", required=True)
+    q = ov_sub.add_parser("list", help="active overrides (--all: also expired and revoked)")
+    _common(q)
+    q.add_argument("--all", action="store_true")
+    q.set_defaults(func=cmd_overrides)
+    q = ov_sub.add_parser("revoke", help="end an override now")
+    _common(q)
+    q.add_argument("id")
+    q.set_defaults(func=cmd_overrides)
 
     try:
         from . import audit_cli

@@ -10,6 +10,7 @@ loop and swapped whole on reload.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +37,34 @@ DEFAULT_CLIENTS = (
 )
 
 
+LISTEN_MODES = ("explicit", "transparent", "both")
+
+
 @dataclass(frozen=True)
 class ListenConfig:
     host: str = "0.0.0.0"
-    port: int = 3128
+    port: int = 3128  # the explicit proxy (browsers configured to use it)
+    mode: str = "explicit"  # explicit | transparent | both
+    transparent_port: int = 3129  # where the gateway's REDIRECT rules send TCP 80/443
+
+    @property
+    def explicit(self) -> bool:
+        return self.mode in ("explicit", "both")
+
+    @property
+    def transparent(self) -> bool:
+        return self.mode in ("transparent", "both")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What ``cipa-proxy gateway rules`` needs to write the router's firewall rules."""
+
+    interfaces: tuple[str, ...] = ()  # student-facing interfaces ("vlan*" / "vlan+" is a prefix)
+    subnets: tuple[Network, ...] = ()  # student source networks (when not matched by interface)
+    exempt: tuple[Network, ...] = ()  # never redirected, as source or destination (servers)
+    dns: tuple[str, ...] = ()  # the district resolver: one IPv4 and/or one IPv6 address, or "local"
+    source: str = ""  # "config.yaml:80", for messages
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,9 @@ class LogConfig:
 class DistrictConfig:
     name: str = "School District"
     contact: str = "Contact your school's IT help desk."
+    logo: Path | None = None  # image shown on the block and setup pages (inlined, <= 256 KiB)
+    review_email: str = ""  # "request a review" mailto on the block page; empty: no link
+    setup_host: str = "cipa-proxy.setup"  # the proxy serves the CA setup page here; empty: off
 
 
 @dataclass(frozen=True)
@@ -126,7 +154,7 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class OverrideConfig:
-    minutes: int = 60
+    minutes: float = 60.0
     key_file: Path | None = None  # HMAC key for override tokens (created 0600 if missing)
     state_file: Path | None = None  # active grants, shared with `cipa-proxy overrides`
 
@@ -192,6 +220,8 @@ class Config:
     timezone: str = "UTC"
     schedules: tuple[Schedule, ...] = ()
     overrides: OverrideConfig = OverrideConfig()
+    workers: int | str = 1  # proxy processes for `run` (proxy/workers.py); "auto" = one per core
+    gateway: GatewayConfig = GatewayConfig()
 
     def client_allowed(self, ip: str) -> bool:
         try:
@@ -340,16 +370,21 @@ def _parse(loc: Located, base: Path) -> Config:
     top_keys = (
         "listen", "clients", "groups", "policies", "rules_dir", "upstream", "on_error",
         "tls", "audit", "metrics", "district", "log", "safesearch", "auth",
-        "trusted_proxies", "timezone", "schedules", "overrides",
+        "trusted_proxies", "timezone", "schedules", "overrides", "workers", "gateway",
     )  # fmt: skip
     top = r.mapping(loc.data, (), top_keys)
     P: Key = ()
 
-    lm = r.mapping(top.get("listen"), ("listen",), ("host", "port"))
+    lm = r.mapping(top.get("listen"), ("listen",), ("host", "port", "mode", "transparent_port"))
     listen = ListenConfig(
         host=r.get(lm, ("listen",), "host", r.str_, "0.0.0.0"),
         port=r.get(lm, ("listen",), "port", r.port, 3128),
+        mode=r.get(lm, ("listen",), "mode", r.choice(*LISTEN_MODES), "explicit"),
+        transparent_port=r.get(lm, ("listen",), "transparent_port", r.port, 3129),
     )
+    if listen.mode == "both" and listen.port == listen.transparent_port:
+        r.fail(("listen", "transparent_port"), "must differ from listen.port (0 only for one)")
+    gateway = _gateway(r, top.get("gateway"))
     clients = r.get(top, P, "clients", r.list_(r.cidr), None)
     if clients is None:
         clients = tuple(ipaddress.ip_network(c) for c in DEFAULT_CLIENTS)
@@ -358,6 +393,12 @@ def _parse(loc: Located, base: Path) -> Config:
     if upstream and not upstream.startswith(("http://", "https://")):
         r.fail(("upstream",), f"expected http://host:port, got {upstream!r}")
     on_error = r.get(top, P, "on_error", r.choice("block", "allow"), "block")
+    workers = top.get("workers", 1)
+    if workers != "auto" and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        r.fail(("workers",), f"expected a number of processes (1 or more) or auto, got {workers!r}")
+        workers = 1
 
     tk = ("tls",)
     tm = r.mapping(
@@ -413,10 +454,39 @@ def _parse(loc: Located, base: Path) -> Config:
         r.fail((*mk, "listen"), f"expected host:port, got {metrics.listen!r}")
 
     dk = ("district",)
-    dm = r.mapping(top.get("district"), dk, ("name", "contact"))
+    dm = r.mapping(
+        top.get("district"), dk, ("name", "contact", "logo", "review_email", "setup_host")
+    )
+
+    def _logo(v: Any, path: Key) -> Path | None:
+        p = r.path_(v, path)
+        if p.suffix.lower() not in (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp"):
+            r.fail(path, f"{p.name}: expected a .png, .svg, .jpg, .gif or .webp image")
+        elif not p.is_file():
+            r.fail(path, f"no such file: {p}")
+        elif p.stat().st_size > 256 * 1024:
+            r.fail(path, f"{p.name} is larger than 256 KiB (it is inlined into every block page)")
+        return p
+
+    def _email(v: Any, path: Key) -> str:
+        s = r.str_(v, path).strip()
+        if s and not re.fullmatch(r"[^\s@?&#<>]+@[^\s@?&#<>]+", s):
+            r.fail(path, f"expected an e-mail address, got {s!r}")
+        return s
+
+    def _setup_host(v: Any, path: Key) -> str:
+        s = r.str_(v, path).strip().lower().rstrip(".")
+        label = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+        if s and not re.fullmatch(rf"{label}(?:\.{label})+", s):
+            r.fail(path, f"expected a host name with a dot (e.g. cipa-proxy.setup), got {s!r}")
+        return s
+
     district = DistrictConfig(
         name=r.get(dm, dk, "name", r.str_, DistrictConfig.name),
         contact=r.get(dm, dk, "contact", r.str_, DistrictConfig.contact),
+        logo=r.get(dm, dk, "logo", _logo, None),
+        review_email=r.get(dm, dk, "review_email", _email, ""),
+        setup_host=r.get(dm, dk, "setup_host", _setup_host, DistrictConfig.setup_host),
     )
 
     lk = ("log",)
@@ -565,7 +635,7 @@ def _parse(loc: Located, base: Path) -> Config:
     ok2 = ("overrides",)
     om = r.mapping(top.get("overrides"), ok2, ("minutes", "key_file", "state_file"))
     overrides = OverrideConfig(
-        minutes=r.get(om, ok2, "minutes", lambda v, k: r.int_(v, k, 1, 7 * 24 * 60), 60),
+        minutes=r.get(om, ok2, "minutes", r.float_, 60.0),
         key_file=r.get(om, ok2, "key_file", r.path_, tls.confdir / "overrides.key"),
         state_file=r.get(om, ok2, "state_file", r.path_, tls.confdir / "overrides.json"),
     )
@@ -603,6 +673,15 @@ def _parse(loc: Located, base: Path) -> Config:
             "at least one group is required (a group with no clients/users is the catch-all)",
         )
 
+    if listen.transparent and upstream:
+        r.fail(
+            ("listen", "mode"),
+            f"{listen.mode}: the transparent listener cannot chain to upstream {upstream} "
+            "(it would bypass the parent proxy); use listen.mode: explicit",
+        )
+    if listen.transparent and workers != 1:
+        r.fail(("listen", "mode"), f"{listen.mode}: not supported with workers: {workers} (use 1)")
+
     if r.problems:
         raise InputError(r.problems)
     return Config(
@@ -625,7 +704,56 @@ def _parse(loc: Located, base: Path) -> Config:
         timezone=timezone,
         schedules=tuple(schedules.values()),
         overrides=overrides,
+        workers=workers,
+        gateway=gateway,
     )
+
+
+_IFNAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}[*+]?")
+
+
+def _gateway(r: _Reader, value: Any) -> GatewayConfig:
+    """The ``gateway`` section (only `cipa-proxy gateway rules` reads it; see proxy/gateway.py)."""
+    gk: Key = ("gateway",)
+    gm = r.mapping(value, gk, ("interfaces", "subnets", "exempt", "dns"))
+
+    def ifname(v: Any, path: Key) -> str:
+        s = r.str_(v, path)
+        if s and not _IFNAME.fullmatch(s):
+            r.fail(path, f"not an interface name (up to 15 of A-Za-z0-9_.:@-, then * ok): {s!r}")
+        return s.replace("+", "*")
+
+    def resolver(v: Any, path: Key) -> str:
+        s = str(v)
+        if s == "local":
+            return s
+        try:
+            return str(ipaddress.ip_address(s))
+        except ValueError:
+            r.fail(path, f"expected an IP address of the district resolver or 'local', got {v!r}")
+            return ""
+
+    dns = tuple(d for d in r.get(gm, gk, "dns", r.list_(resolver), ()) if d)
+    families = [ipaddress.ip_address(d).version for d in dns if d != "local"]
+    if "local" in dns and len(dns) > 1:
+        r.fail((*gk, "dns"), "'local' (this host) cannot be combined with addresses")
+    elif len(families) != len(set(families)):
+        r.fail((*gk, "dns"), "at most one IPv4 and one IPv6 address")
+    nets = r.list_(r.cidr)
+    return GatewayConfig(
+        interfaces=r.get(gm, gk, "interfaces", r.list_(ifname), ()),
+        subnets=tuple(n for n in r.get(gm, gk, "subnets", nets, ()) if n is not None),
+        exempt=tuple(n for n in r.get(gm, gk, "exempt", nets, ()) if n is not None),
+        dns=dns,
+        source=_section_source(r, gk),
+    )
+
+
+def _section_source(r: _Reader, key: Key) -> str:
+    line = r.loc.lines.get(key)
+    if line == FROM_COMMAND_LINE:
+        return "--set"
+    return f"{r.loc.file}:{line}" if line else r.loc.file
 
 
 def apply_overrides(loc: Located, overrides: Sequence[str]) -> None:
@@ -671,6 +799,7 @@ __all__ = [
     "AuditConfig",
     "Config",
     "DistrictConfig",
+    "GatewayConfig",
     "Group",
     "InputError",
     "ListenConfig",

@@ -58,13 +58,20 @@ class Metrics:
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
+        # multiprocess_mode: how `run --workers N` (proxy/workers.py) combines the workers'
+        # gauges; ignored in a single process. Counters and histograms are summed.
         self.rules_entries = Gauge(
-            "cipa_rules_entries", "Rule entries loaded, by category.", ["category"], registry=r
+            "cipa_rules_entries",
+            "Rule entries loaded, by category.",
+            ["category"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.rules_loaded = Gauge(
             "cipa_rules_loaded_timestamp_seconds",
             "When the rules in force were loaded (Unix time).",
             registry=r,
+            multiprocess_mode="livemin",  # the oldest rules any worker still serves
         )
         self.reloads = Counter(
             "cipa_rules_reloads", "Rule (re)loads, by result.", ["result"], registry=r
@@ -73,9 +80,13 @@ class Metrics:
             "cipa_rules_reload_error",
             "1 while the last reload failed (old rules still serving).",
             registry=r,
+            multiprocess_mode="livemax",  # any worker
         )
         self.operative = Gauge(
-            "cipa_filter_operative", "1 while rules are loaded and the engine answers.", registry=r
+            "cipa_filter_operative",
+            "1 while rules are loaded and the engine answers.",
+            registry=r,
+            multiprocess_mode="livemin",  # every worker
         )
         self.tls = Counter(
             "cipa_tls_connections", "TLS connections, by handling.", ["mode"], registry=r
