@@ -106,6 +106,7 @@ class CipaMaster(master.Master):
         self.addons = CachedAddonManager(self)
         self._legacy_log_events.uninstall()  # lean logging: no per-record add_log events
         recorder = Recorder(rt)
+        rt.events = recorder.event
         override = Override(rt, recorder)
         self._protocol_errors = ProtocolErrorAudit(recorder)
         logging.getLogger(MITM_SERVER_LOGGER).addHandler(self._protocol_errors)
@@ -234,6 +235,7 @@ class Reloader:
                     "reload failed (%d problem(s)); the previous rules stay in force", len(problems)
                 )
             return False
+        self._announce_exceptions(rt.engine, engine)
         if not initial:
             for key in reload.restart_needed(rt.config, cfg):
                 log.warning(
@@ -250,6 +252,18 @@ class Reloader:
         verb = "loaded" if initial else "reloaded"
         _say(f"cipa-proxy rules {verb}: {entries} entries in {time.perf_counter() - start:.2f}s")
         return True
+
+    def _announce_exceptions(self, old: Engine | None, new: Engine) -> None:
+        """An audit record for each class exception the proxy starts applying."""
+        if self.rt.events is None:
+            return
+        before = {e.key() for e in old.exceptions} if old is not None else set()
+        now = time.time()
+        for e in new.exceptions:
+            if e.key() not in before and e.until > now:
+                self.rt.events({"type": "exception", "event": "applied", "domain": e.domain, "group": e.group,
+                                "user": e.by, "reason": e.reason,
+                                "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.until))})  # fmt: skip
 
     async def watch(self) -> None:
         while True:

@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.config import Config
@@ -36,6 +37,9 @@ class Runtime:
     engine: Engine | None = None
     audit: object | None = None  # proxy.audit.AuditLog
     listening: bool = False
+    events: Callable[[dict], None] | None = (
+        None  # audit sink for non-request records (set by the master)
+    )
     # Set by tests through the CIPA_INJECT_FAULT environment variable: deciding for this host raises.
     fault_host: str | None = field(
         default_factory=lambda: os.environ.get("CIPA_INJECT_FAULT") or None

@@ -199,6 +199,71 @@ def cmd_overrides(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------- class exceptions
+
+
+def cmd_exceptions(args: argparse.Namespace) -> int:
+    from zoneinfo import ZoneInfo
+
+    from . import exceptions as ex
+    from .canonical import Malformed, canonical_host
+
+    cfg = load(args)
+    path = cfg.class_exceptions
+    if path is None:
+        print("class_exceptions is not configured", file=sys.stderr)
+        return EXIT_CONFIG
+    now = time.time()
+    entries = [e for e in ex.load(path) if e.until > now]  # expired ones are pruned on every write
+    if args.exceptions_command == "list":
+        for e in entries:
+            until = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.until))
+            print(f"{e.domain:30} group={e.group:12} by={e.by:12} until {until}  {e.reason}")
+        if not entries:
+            print("no active class exceptions")
+        return EXIT_OK
+    try:
+        domain = canonical_host(args.domain)
+    except Malformed as exc:
+        print(f"cipa-proxy: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    groups = {g.name: g for g in cfg.groups}
+    if args.group not in groups:
+        print(
+            f"cipa-proxy: unknown group {args.group!r} (defined: {', '.join(groups)})",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
+    if args.exceptions_command == "remove":
+        kept = [e for e in entries if not (e.domain == domain and e.group == args.group)]
+        ex.save(path, kept)
+        print(f"removed {len(entries) - len(kept)} exception(s) for {domain} ({args.group})")
+        return EXIT_OK
+    granter = next((g for g in cfg.groups if args.by.lower() in g.users), None)
+    if granter is None or not cfg.policies[granter.policy].override:
+        print(
+            f"cipa-proxy: {args.by!r} is not in a group whose policy allows exceptions (override: true)",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
+    tz = ZoneInfo(cfg.timezone)
+    until = ex.end_of_day(now, tz)
+    if args.until:
+        hh, _, mm = args.until.partition(":")
+        day = time.localtime(now)
+        import datetime
+
+        until = datetime.datetime(
+            day.tm_year, day.tm_mon, day.tm_mday, int(hh), int(mm or 0), tzinfo=tz
+        ).timestamp()
+    entries.append(ex.ClassException(domain, args.group, until, args.by, args.reason or "", now))
+    ex.save(path, entries)
+    print(
+        f"{domain} open for {args.group} until {time.strftime('%H:%M', time.localtime(until))} (by {args.by})"
+    )
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -268,6 +333,33 @@ def build_parser() -> argparse.ArgumentParser:
     _common(q)
     q.add_argument("id")
     q.set_defaults(func=cmd_overrides)
+
+    p = sub.add_parser(
+        "exceptions", help="class exceptions: a teacher opens a site for a group for the day"
+    )
+    ex_sub = p.add_subparsers(dest="exceptions_command", required=True)
+    q = ex_sub.add_parser(
+        "add", help="allow DOMAIN for GROUP until the end of the day (or --until HH:MM)"
+    )
+    _common(q)
+    q.add_argument("domain")
+    q.add_argument("--group", required=True)
+    q.add_argument(
+        "--by",
+        required=True,
+        help="the teacher's user name (their group's policy needs override: true)",
+    )
+    q.add_argument("--reason", default="")
+    q.add_argument("--until", default=None, metavar="HH:MM")
+    q.set_defaults(func=cmd_exceptions)
+    q = ex_sub.add_parser("remove", help="remove the exceptions for DOMAIN and GROUP")
+    _common(q)
+    q.add_argument("domain")
+    q.add_argument("--group", required=True)
+    q.set_defaults(func=cmd_exceptions)
+    q = ex_sub.add_parser("list", help="active class exceptions")
+    _common(q)
+    q.set_defaults(func=cmd_exceptions)
 
     try:
         from . import audit_cli

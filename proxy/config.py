@@ -222,6 +222,7 @@ class Config:
     overrides: OverrideConfig = OverrideConfig()
     workers: int | str = 1  # proxy processes for `run` (proxy/workers.py); "auto" = one per core
     gateway: GatewayConfig = GatewayConfig()
+    class_exceptions: Path | None = None  # teacher-granted class exceptions (cipa-proxy exceptions add)
 
     def client_allowed(self, ip: str) -> bool:
         try:
@@ -370,7 +371,7 @@ def _parse(loc: Located, base: Path) -> Config:
     top_keys = (
         "listen", "clients", "groups", "policies", "rules_dir", "upstream", "on_error",
         "tls", "audit", "metrics", "district", "log", "safesearch", "auth",
-        "trusted_proxies", "timezone", "schedules", "overrides", "workers", "gateway",
+        "trusted_proxies", "timezone", "schedules", "overrides", "class_exceptions", "workers", "gateway",
     )  # fmt: skip
     top = r.mapping(loc.data, (), top_keys)
     P: Key = ()
@@ -706,6 +707,7 @@ def _parse(loc: Located, base: Path) -> Config:
         overrides=overrides,
         workers=workers,
         gateway=gateway,
+        class_exceptions=r.get(top, P, "class_exceptions", r.path_, tls.confdir / "exceptions.yaml"),
     )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from . import exceptions as class_exceptions
 from . import wrapped
 from .canonical import Malformed, canonical_host, canonical_path, canonical_url, is_ip_literal
 from .config import Config, Group, Policy
@@ -76,6 +77,7 @@ class Engine:
         self.rules = rules
         self.safesearch = safesearch or SafeSearch({})
         self.clock = clock  # injectable for schedule tests
+        self.exceptions: list[class_exceptions.ClassException] = []
         self._tz = ZoneInfo(config.timezone)
         self._views: dict[tuple[str, frozenset[str]], _PolicyView] = {}
         self._active: tuple[int, frozenset[str]] = (-1, frozenset())
@@ -120,11 +122,14 @@ class Engine:
     @classmethod
     def build(cls, config: Config) -> Engine:
         """Load the rules named by ``config`` (slow: call it off the event loop)."""
-        return cls(
+        engine = cls(
             config,
             load_rules(config.rules_dir),
             SafeSearch.load(safesearch_table(config.rules_dir)),
         )
+        if config.class_exceptions is not None:
+            engine.exceptions = class_exceptions.load(config.class_exceptions)
+        return engine
 
     # ------------------------------------------------------------------ groups
 
@@ -267,6 +272,8 @@ class Engine:
         url = f"{scheme}://{host}{':' + str(port) if port else ''}{path}"
 
         decision = self._classify(group, view, host, path, url)
+        if decision.blocked and self.exceptions:
+            decision = self._class_exception(decision, group, host)
         if not decision.blocked and wrapped.might_wrap(host, path):
             decision = self._unwrap(group, view, decision, host, path)
         for other in others:
@@ -284,6 +291,26 @@ class Engine:
                     url, "sni_mismatch",
                 )  # fmt: skip
         return decision
+
+    def _class_exception(self, d: Decision, group: Group, host: str) -> Decision:
+        """A teacher's exception for this group and domain lifts a category block (never override: never)."""
+        info = self.rules.categories.get(d.category or "")
+        if info is None or info.override_never:
+            return d
+        e = class_exceptions.matching(self.exceptions, group.name, host, self.clock())
+        if e is None:
+            return d
+        source = (
+            f"{self.config.class_exceptions.name}:{e.line}"
+            if self.config.class_exceptions
+            else "exceptions"
+        )
+        return replace(
+            d,
+            action=ALLOW,
+            rule=source,
+            reason=f"class exception by {e.by}: {e.reason or 'no reason given'}",
+        )
 
     def _unwrap(
         self, group: Group, view: _PolicyView, outer: Decision, host: str, path: str

@@ -22,6 +22,8 @@ def watched_paths(config_path: Path, config: Config, rule_files: list[str]) -> l
         paths.update(p.resolve() for p in rules_dir.glob("*.yaml"))
     paths.update((rules_dir.parent / f).resolve() for f in rule_files)
     paths.add((rules_dir / "safesearch" / "hosts.tsv").resolve())
+    if config.class_exceptions is not None:
+        paths.add(config.class_exceptions.resolve())
     return sorted(paths)
 
 

@@ -128,3 +128,51 @@ def test_override_refused_granted_used_expired_and_revoked(
         assert "pw-tess" not in raw and "pw-stu" not in raw
     finally:
         p.stop()
+
+
+def test_class_exception_added_by_a_teacher(tmp_path: Path, internet: Internet) -> None:
+    p = ProxyProcess.start(
+        tmp_path / "proxy",
+        {
+            "upstream": f"http://127.0.0.1:{internet.port}",
+            "groups": [
+                {"name": "teachers", "users": ["tess"], "policy": "staff"},
+                {"name": "students", "policy": "students"},
+            ],
+        },
+    )
+    base = [str(BIN / "cipa-proxy"), "exceptions"]
+    cfg = ["--config", str(p.root / "config.yaml")]
+    try:
+        with httpx.Client(proxy=p.url, timeout=10) as c:
+            assert c.get("http://miniclip.com/").status_code == 403
+            refused = subprocess.run([*base, "add", "miniclip.com", "--group", "students", "--by", "stu", *cfg],
+                                     capture_output=True, text=True)  # fmt: skip
+            assert refused.returncode == 1 and "override: true" in refused.stderr
+            added = subprocess.run(
+                [*base, "add", "miniclip.com", "--group", "students", "--by", "tess", "--reason", "game design unit", *cfg],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            assert added.returncode == 0, added.stderr
+            deadline = time.monotonic() + 5
+            while c.get("http://www.miniclip.com/").status_code != 200:
+                assert time.monotonic() < deadline, "the exception was not applied by hot reload"
+                time.sleep(0.2)
+            subprocess.run(
+                [*base, "remove", "miniclip.com", "--group", "students", *cfg], check=True
+            )
+            deadline = time.monotonic() + 5
+            while c.get("http://miniclip.com/").status_code != 403:
+                assert time.monotonic() < deadline, "the removal was not applied"
+                time.sleep(0.2)
+        records = p.audit_records()
+        (applied,) = [r for r in records if r.get("type") == "exception"]
+        assert (applied["domain"], applied["group"], applied["user"], applied["reason"]) == (
+            "miniclip.com", "students", "tess", "game design unit",
+        )  # fmt: skip
+        lifted = [
+            r for r in records if r.get("host") == "www.miniclip.com" and r["action"] == "allow"
+        ]
+        assert lifted and lifted[-1]["rule"].startswith("exceptions.yaml:")
+    finally:
+        p.stop()
