@@ -343,6 +343,7 @@ async def _serve(cfg: Config, config_path: Path, overrides: list[str]) -> int:
             raise
 
     loader = asyncio.create_task(load_then_watch())
+    lag_watch = asyncio.create_task(_watch_loop_lag(rt))
     fsyncer = None
     if rt.audit is not None:
         fsyncer = asyncio.create_task(_fsync_loop(rt, cfg.audit.fsync_interval))
@@ -363,7 +364,7 @@ async def _serve(cfg: Config, config_path: Path, overrides: list[str]) -> int:
     try:
         await m.run()
     finally:
-        for task in (loader, fsyncer, announcer, orphan_watch):
+        for task in (loader, fsyncer, announcer, orphan_watch, lag_watch):
             if task is not None:
                 task.cancel()
         if rt.audit is not None:
@@ -372,6 +373,25 @@ async def _serve(cfg: Config, config_path: Path, overrides: list[str]) -> int:
             metrics_server.shutdown()
         _say("cipa-proxy stopped")
     return 0
+
+
+STALL_WARNING = 0.05  # seconds; a stall this long is logged
+
+
+async def _watch_loop_lag(rt: Runtime, period: float = 0.02) -> None:
+    """Measure how late the event loop wakes up: every stall (a slow hook, a GC pass, a
+    reload holding the GIL) delays every client, so it is exported as a metric."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(period)
+        lag = max(0.0, loop.time() - start - period)
+        rt.metrics.loop_lag.observe(lag)
+        if lag >= STALL_WARNING:
+            log.warning("event loop stalled for %.0f ms", lag * 1000)
+        if lag > rt.metrics.loop_lag_max_value:
+            rt.metrics.loop_lag_max_value = lag
+            rt.metrics.loop_lag_max.set(lag)
 
 
 async def _fsync_loop(rt: Runtime, interval: float) -> None:

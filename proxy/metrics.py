@@ -123,6 +123,18 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "cipa_event_loop_lag_seconds",
+            "How late the proxy's event loop woke up (every client waits this long).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "cipa_event_loop_lag_max_seconds",
+            "The longest event-loop stall since the process started.",
+            registry=r,
+        )
+        self.loop_lag_max_value = 0.0
         self.filter_errors = Counter(
             "cipa_filter_errors", "Errors inside a deciding hook (fail closed).", registry=r
         )
