@@ -160,6 +160,22 @@ class OverrideConfig:
 
 
 @dataclass(frozen=True)
+class ImagesConfig:
+    """The image classifier (proxy/images.py); each policy picks its ``images.mode``."""
+
+    workers: int = 1  # classifier processes
+    queue: int = 32  # images waiting beyond those being classified; more are skipped (queue_full)
+    cache_entries: int = 10_000  # verdicts kept by SHA-256
+    min_bytes: int = 4096  # smaller images (icons, pixels) are not classified
+    max_bytes: int = 5 << 20  # nor larger ones
+    max_wait_ms: int = 250  # block mode: longest hold of an image for its verdict
+    on_timeout: str = "pass"  # block mode, classifier busy or late: pass | block
+    threshold: float = 0.8  # score at or above which an image is explicit
+    learn_min_hits: int = 3  # different explicit images from one site ...
+    learn_window: float = 3600.0  # ... within this many seconds: the site is learned
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     allow: frozenset[str] = frozenset()
@@ -171,6 +187,7 @@ class Policy:
     override: bool = False
     source: str = ""  # "config.yaml:40", for explanations
     during: tuple[ScheduledChange, ...] = ()
+    images_mode: str = "off"  # off | monitor | learn | block (proxy/images.py)
 
 
 @dataclass(frozen=True)
@@ -222,7 +239,10 @@ class Config:
     overrides: OverrideConfig = OverrideConfig()
     workers: int | str = 1  # proxy processes for `run` (proxy/workers.py); "auto" = one per core
     gateway: GatewayConfig = GatewayConfig()
-    class_exceptions: Path | None = None  # teacher-granted class exceptions (cipa-proxy exceptions add)
+    images: ImagesConfig = ImagesConfig()
+    class_exceptions: Path | None = (
+        None  # teacher-granted class exceptions (cipa-proxy exceptions add)
+    )
 
     def client_allowed(self, ip: str) -> bool:
         try:
@@ -707,7 +727,9 @@ def _parse(loc: Located, base: Path) -> Config:
         overrides=overrides,
         workers=workers,
         gateway=gateway,
-        class_exceptions=r.get(top, P, "class_exceptions", r.path_, tls.confdir / "exceptions.yaml"),
+        class_exceptions=r.get(
+            top, P, "class_exceptions", r.path_, tls.confdir / "exceptions.yaml"
+        ),
     )
 
 
