@@ -193,7 +193,7 @@ class Recorder:
                 t.started,
             )
             rec.update(
-                user=t.user, method="CONNECT", url=f"{t.host}:{t.port}", host=t.host, status=None,
+                user=t.user, method="TLS" if t.connect else "CONNECT", url=f"{t.host}:{t.port}", host=t.host, status=None,
                 bytes_in=0, bytes_out=0, ms=round((time.time() - t.started) * 1000, 1), ua=None, sni=sni, tls=mode,
             )  # fmt: skip
             if d.action != ALLOW:
