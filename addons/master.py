@@ -33,7 +33,9 @@ from proxy.engine import Engine
 from proxy.yamlpos import InputError
 
 from .access import Access
+from .content import ContentFilter
 from .filter import Filter
+from .images import ImageScan
 from .onboarding import Onboarding
 from .override import Override
 from .record import MITM_SERVER_LOGGER, ProtocolErrorAudit, Recorder
@@ -108,8 +110,10 @@ class CipaMaster(master.Master):
         recorder = Recorder(rt)
         rt.events = recorder.event
         override = Override(rt, recorder)
+        self.images = ImageScan(rt, recorder)
         self._protocol_errors = ProtocolErrorAudit(recorder)
         logging.getLogger(MITM_SERVER_LOGGER).addHandler(self._protocol_errors)
+        flt = Filter(rt, recorder, override)
         self.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),
@@ -119,7 +123,9 @@ class CipaMaster(master.Master):
             Onboarding(rt),  # the setup page: answered here, before identity and filter
             Who(rt, recorder),
             override,
-            Filter(rt, recorder, override),
+            flt,
+            ContentFilter(rt, flt, recorder),  # after Filter (its decision), before the recorder
+            self.images,  # before the recorder: it asks it to buffer the images it must see
             recorder,
         )
 
@@ -360,13 +366,22 @@ async def _serve(cfg: Config, config_path: Path, overrides: list[str]) -> int:
                 _say(f"cipa-proxy listening at {where}{label}")
 
     announcer = asyncio.create_task(announce())
+
+    async def start_images() -> None:
+        """The image classifier's processes (spawn context: fresh interpreters, nothing of this
+        process is forked), started once the rules are in, so both do not compete for the CPU."""
+        await first_load_done.wait()
+        await m.images.start()
+
+    images_start = asyncio.create_task(start_images())
     orphan_watch = asyncio.create_task(worker.watch_parent(m.shutdown)) if worker else None
     try:
         await m.run()
     finally:
-        for task in (loader, fsyncer, announcer, orphan_watch, lag_watch):
+        for task in (loader, fsyncer, announcer, orphan_watch, lag_watch, images_start):
             if task is not None:
                 task.cancel()
+        await m.images.stop()
         if rt.audit is not None:
             rt.audit.close()
         if metrics_server is not None:

@@ -144,7 +144,10 @@ class Onboarding:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         tunnel = flow.client_conn.id in self.tunnels
-        if flow.response is not None or not (tunnel or self._is_setup(flow.request.host)):
+        # Plain HTTP to the setup name, or anything in a tunnel we took over. A decrypted tunnel to
+        # another site naming the setup host in its Host header stays the filter's business.
+        plain = not flow.client_conn.tls_established and self._is_setup(flow.request.host)
+        if flow.response is not None or not (tunnel or plain):
             return
         flow.metadata["cipa_id"] = new_request_id()
         flow.metadata["cipa_setup"] = True

@@ -47,6 +47,10 @@ CATEGORY_WORDS = {
     "violence": "Violence / hate",
     "warez": "Pirated software",
     "nosafesearch": "Search engine without SafeSearch",
+    "child_abuse": "Illegal content",
+    "learned_adult": "Adult / pornographic content",
+    "educational": "Educational",
+    "district": "District site",
     "malformed": "Malformed request",
     "ip_literal": "Site addressed by IP number",
     "filter_error": "Filter error",
@@ -73,6 +77,10 @@ CATEGORY_WORDS_ES = {
     "violence": "Violencia / odio",
     "warez": "Software pirata",
     "nosafesearch": "Buscador sin SafeSearch",
+    "child_abuse": "Contenido ilegal",
+    "learned_adult": "Contenido para adultos / pornográfico",
+    "educational": "Educativo",
+    "district": "Sitio del distrito",
     "malformed": "Solicitud mal formada",
     "ip_literal": "Sitio con dirección IP numérica",
     "filter_error": "Error del filtro",
@@ -90,7 +98,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "en": {
         "heading_blocked": "This page is blocked",
         "heading_walled": "This site is not on the approved list",
-        "explain_blocked": "The school's Internet filter blocked this page: {reason}.",
+        "explain_blocked": "The school's Internet filter blocked this page.",
         "explain_walled": "Your group can only visit approved sites, and this one is not on the list.",
         "not_approved": "Not on the approved list",
         "site": "Site",
@@ -111,7 +119,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "es": {
         "heading_blocked": "Esta página está bloqueada",
         "heading_walled": "Este sitio no está en la lista aprobada",
-        "explain_blocked": "El filtro de Internet de la escuela bloqueó esta página (categoría: {category}).",
+        "explain_blocked": "El filtro de Internet de la escuela bloqueó esta página.",
         "explain_walled": "Tu grupo solo puede visitar sitios aprobados, y este no está en la lista.",
         "not_approved": "No está en la lista aprobada",
         "site": "Sitio",
@@ -130,6 +138,19 @@ STRINGS: dict[str, dict[str, str]] = {
         "mail_body": "Por favor, revisen esta página bloqueada.\n\nDirección: {url}\nCategoría: {category} ({raw})\nGrupo: {group}\nID de solicitud: {rid}\nHora: {time}\n\nPor qué la necesito:\n",
     },
 }
+
+# Labels of the block page, substituted as $t_<name>.
+_LABELS = (
+    "site",
+    "address",
+    "category",
+    "reason",
+    "group",
+    "request_id",
+    "time",
+    "next_heading",
+    "footer",
+)
 
 # Sec-Fetch-Dest values of sub-resources: they get an empty body, never a page.
 _SUBRESOURCES = frozenset(
@@ -188,6 +209,9 @@ def choose_language(accept_language: str, available: tuple[str, ...] = LANGUAGES
     return available[0]
 
 
+_logo_missing: set[Path] = set()
+
+
 def logo_data_uri(path: Path | None) -> str:
     """The district logo as a ``data:`` URI (re-read when the file changes); "" when there is none
     or it cannot be read (the page is shown without it, never not at all)."""
@@ -196,8 +220,11 @@ def logo_data_uri(path: Path | None) -> str:
     try:
         st = path.stat()
     except OSError as exc:
-        log.warning("district logo %s: %s", path, exc)
+        if path not in _logo_missing:  # once, not on every block page
+            _logo_missing.add(path)
+            log.warning("district logo %s: %s", path, exc)
         return ""
+    _logo_missing.discard(path)
     return _logo(path, st.st_mtime_ns, st.st_size)
 
 
@@ -219,12 +246,12 @@ def _logo(path: Path, mtime_ns: int, size: int) -> str:
     return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _logo_html(path: Path | None, district: str) -> str:
+def _logo_html(path: Path | None) -> str:
+    """The logo beside the district name: decorative (empty alt), the name is the text next to it."""
     uri = logo_data_uri(path)
     if not uri:
         return ""
-    alt = html.escape(district, quote=True)
-    return f'<img class="logo" src="{html.escape(uri, quote=True)}" alt="{alt}" height="40">'
+    return f'<img class="logo" src="{html.escape(uri, quote=True)}" alt="" height="40">'
 
 
 def category_words(decision: Decision, lang: str = "en") -> str:
@@ -306,7 +333,7 @@ def render(
         heading, explanation = t["heading_walled"], t["explain_walled"]
     else:
         heading = t["heading_blocked"]
-        explanation = t["explain_blocked"].format(reason=decision.reason, category=words)
+        explanation = t["explain_blocked"]
     if "text/html" in accept or "application/xhtml" in accept:
         e = html.escape
         if review_email:
@@ -336,26 +363,15 @@ def render(
             host=e(host),
             url=e(shorten(decision.url)),
             category=e(words),
+            reason=e(decision.reason),
             group=e(decision.group),
             request_id=e(request_id),
             time=e(stamp),
             contact=e(contact),
             district=e(district),
-            logo=_logo_html(logo, district),
+            logo=_logo_html(logo),
             review=review,
-            **{
-                f"t_{k}": e(t[k])
-                for k in (
-                    "site",
-                    "address",
-                    "category",
-                    "group",
-                    "request_id",
-                    "time",
-                    "next_heading",
-                    "footer",
-                )
-            },  # fmt: skip
+            **{f"t_{k}": e(t[k]) for k in _LABELS},
         )
         headers["Content-Type"] = "text/html; charset=utf-8"
         headers["Content-Security-Policy"] = BLOCK_CSP
@@ -402,7 +418,7 @@ def render_setup(
         style=asset("page.css").decode("utf-8"),
         district=e(district),
         contact=e(contact),
-        logo=_logo_html(logo, district),
+        logo=_logo_html(logo),
         setup_host=e(setup_host),
         check_url=e(f"https://{setup_host}/trust-check.png", quote=True) if inspects else "",
         inspects="yes" if inspects else "no",

@@ -130,6 +130,20 @@ class DistrictConfig:
 @dataclass(frozen=True)
 class Downloads:
     block_extensions: tuple[str, ...] = ()
+    block_mime: tuple[str, ...] = ()  # media types; "type/*" for a whole type (proxy/downloads.py)
+    allow_sites: tuple[str, ...] = ()  # domains or host/path prefixes: no download rule there
+    block_audio_video: bool = False  # audio/video downloads (not playback inside a page)
+    source: str = ""  # "config.yaml:70", for block reasons
+
+
+@dataclass(frozen=True)
+class ContentConfig:
+    """Page content scoring (proxy/content.py); each policy sets its ``content_threshold``."""
+
+    max_bytes: int = 512 << 10  # larger (or compressed larger) bodies stream through unscanned
+    max_decoded_bytes: int = 4 << 20  # at most this much decoded text is scored per page
+    phrases_dir: Path = Path("rules/phrases")
+    phrases: Any = field(default=None, compare=False, repr=False)  # the compiled PhraseSet
 
 
 @dataclass(frozen=True)
@@ -188,6 +202,7 @@ class Policy:
     source: str = ""  # "config.yaml:40", for explanations
     during: tuple[ScheduledChange, ...] = ()
     images_mode: str = "off"  # off | monitor | learn | block (proxy/images.py)
+    content_threshold: int = 0  # page content score that blocks (proxy/content.py); 0: not scored
 
 
 @dataclass(frozen=True)
@@ -240,6 +255,7 @@ class Config:
     workers: int | str = 1  # proxy processes for `run` (proxy/workers.py); "auto" = one per core
     gateway: GatewayConfig = GatewayConfig()
     images: ImagesConfig = ImagesConfig()
+    content: ContentConfig = ContentConfig()
     class_exceptions: Path | None = (
         None  # teacher-granted class exceptions (cipa-proxy exceptions add)
     )
@@ -392,6 +408,7 @@ def _parse(loc: Located, base: Path) -> Config:
         "listen", "clients", "groups", "policies", "rules_dir", "upstream", "on_error",
         "tls", "audit", "metrics", "district", "log", "safesearch", "auth",
         "trusted_proxies", "timezone", "schedules", "overrides", "class_exceptions", "workers", "gateway",
+        "images", "content",
     )  # fmt: skip
     top = r.mapping(loc.data, (), top_keys)
     P: Key = ()
@@ -580,6 +597,8 @@ def _parse(loc: Located, base: Path) -> Config:
         "downloads",
         "override",
         "during",
+        "content_threshold",
+        "images",
     )
     for pname, pval in pm.items():
         pk: Key = ("policies", pname)
@@ -589,8 +608,27 @@ def _parse(loc: Located, base: Path) -> Config:
         block = frozenset(r.get(p, pk, "block", r.list_(category), ()))
         for both in sorted(allow & block):
             r.fail((*pk, "block"), f"category {both!r} is in both allow and block")
-        dl = r.mapping(p.get("downloads"), (*pk, "downloads"), ("block_extensions",))
-        exts = r.get(dl, (*pk, "downloads"), "block_extensions", r.list_(r.str_), ())
+        dk2: Key = (*pk, "downloads")
+        dl = r.mapping(
+            p.get("downloads"),
+            dk2,
+            ("block_extensions", "block_mime", "allow_sites", "block_audio_video"),
+        )
+        exts = r.get(dl, dk2, "block_extensions", r.list_(r.str_), ())
+        mimes = tuple(m.lower() for m in r.get(dl, dk2, "block_mime", r.list_(r.str_), ()))
+        for i, m in enumerate(mimes):
+            if m.count("/") != 1 or not all(m.split("/")):
+                r.fail((*dk2, "block_mime", i), f"expected type/subtype or type/*, got {m!r}")
+        downloads = Downloads(
+            tuple(e.lower().lstrip(".") for e in exts),
+            mimes,
+            tuple(
+                s.lower().rstrip(".").removeprefix("https://").removeprefix("http://")
+                for s in r.get(dl, dk2, "allow_sites", r.list_(r.str_), ())
+            ),
+            r.get(dl, dk2, "block_audio_video", r.bool_, False),
+            r.where(dk2),
+        )
         policies[pname] = Policy(
             name=pname,
             allow=allow,
@@ -598,15 +636,19 @@ def _parse(loc: Located, base: Path) -> Config:
             default=r.get(p, pk, "default", r.choice("allow", "block"), "allow"),
             safesearch=r.get(p, pk, "safesearch", r.choice("strict", "moderate", "off"), "strict"),
             ip_literals=r.get(p, pk, "ip_literals", r.choice("block", "allow"), "block"),
-            downloads=Downloads(tuple(e.lower().lstrip(".") for e in exts)),
+            downloads=downloads,
             override=r.get(p, pk, "override", r.bool_, False),
+            content_threshold=r.get(p, pk, "content_threshold", r.int_, 0),
             source=r.where(pk),
             during=tuple(
                 c for c in r.get(p, pk, "during", r.list_(scheduled), ()) if c is not None
             ),
+            images_mode=_policy_images(r, p, pk, block),
         )
     if not policies:
         r.fail(("policies",), "at least one policy is required")
+
+    content = _content(r, top.get("content"), rules_dir, categories)
 
     ak2 = ("auth",)
     am2 = r.mapping(
@@ -694,6 +736,8 @@ def _parse(loc: Located, base: Path) -> Config:
             "at least one group is required (a group with no clients/users is the catch-all)",
         )
 
+    images = _images(r, top.get("images"))
+
     if listen.transparent and upstream:
         r.fail(
             ("listen", "mode"),
@@ -727,10 +771,95 @@ def _parse(loc: Located, base: Path) -> Config:
         overrides=overrides,
         workers=workers,
         gateway=gateway,
+        content=content,
+        images=images,
         class_exceptions=r.get(
             top, P, "class_exceptions", r.path_, tls.confdir / "exceptions.yaml"
         ),
     )
+
+
+IMAGE_MODES = ("off", "monitor", "learn", "block")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
+
+
+def _policy_images(r: _Reader, p: dict[str, Any], pk: Key, block: frozenset[str]) -> str:
+    """``policies.NAME.images.mode``; learning is pointless unless the policy blocks what it learns."""
+    ik: Key = (*pk, "images")
+    im = r.mapping(p.get("images"), ik, ("mode",))
+    mode = r.get(im, ik, "mode", r.choice(*IMAGE_MODES), "off")
+    if mode in ("learn", "block") and "learned_adult" not in block:
+        r.fail(
+            (*ik, "mode"),
+            f"{mode}: add learned_adult to {'.'.join(map(str, pk))}.block "
+            "(the sites it learns would not be blocked)",
+        )
+    return mode
+
+
+def _images(r: _Reader, value: Any) -> ImagesConfig:
+    """The ``images`` section: the classifier pool, what is classified, block and learn settings."""
+    ik: Key = ("images",)
+    im = r.mapping(value, ik, ImagesConfig.__dataclass_fields__)
+    d = ImagesConfig()
+
+    def int_in(lo: int, hi: int) -> Callable[[Any, Key], int]:
+        return lambda v, path: r.int_(v, path, lo, hi)
+
+    def score(v: Any, path: Key) -> float:
+        f = r.float_(v, path)
+        if not 0.0 < f <= 1.0:
+            r.fail(path, f"expected a score above 0 and at most 1, got {v!r}")
+        return f
+
+    def duration(v: Any, path: Key) -> float:
+        """Seconds, or a number with s/m/h/d: 3600, 90s, 30m, 1h, 2d."""
+        if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
+            return float(v)
+        m = _DURATION.fullmatch(str(v).strip()) if isinstance(v, str) else None
+        if m is None or float(m.group(1)) <= 0:
+            r.fail(path, f"expected a duration such as 3600, 30m or 1h, got {v!r}")
+            return 3600.0
+        return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+
+    cfg = ImagesConfig(
+        workers=r.get(im, ik, "workers", int_in(1, 64), d.workers),
+        queue=r.get(im, ik, "queue", int_in(0, 100_000), d.queue),
+        cache_entries=r.get(im, ik, "cache_entries", int_in(0, 10_000_000), d.cache_entries),
+        min_bytes=r.get(im, ik, "min_bytes", int_in(0, 1 << 30), d.min_bytes),
+        max_bytes=r.get(im, ik, "max_bytes", int_in(1, 64 << 20), d.max_bytes),
+        max_wait_ms=r.get(im, ik, "max_wait_ms", int_in(0, 60_000), d.max_wait_ms),
+        on_timeout=r.get(im, ik, "on_timeout", r.choice("pass", "block"), d.on_timeout),
+        threshold=r.get(im, ik, "threshold", score, d.threshold),
+        learn_min_hits=r.get(im, ik, "learn_min_hits", int_in(1, 1000), d.learn_min_hits),
+        learn_window=r.get(im, ik, "learn_window", duration, d.learn_window),
+    )
+    if cfg.min_bytes > cfg.max_bytes:
+        r.fail((*ik, "min_bytes"), f"{cfg.min_bytes} is larger than max_bytes ({cfg.max_bytes})")
+    return cfg
+
+
+def _content(r: _Reader, value: Any, rules_dir: Path, categories: set[str]) -> ContentConfig:
+    """The ``content`` section, and the phrase lists compiled (their problems carry file:line)."""
+    ck: Key = ("content",)
+    cm = r.mapping(value, ck, ("max_bytes", "max_decoded_bytes", "phrases_dir"))
+    cfg = ContentConfig(
+        max_bytes=r.get(cm, ck, "max_bytes", lambda v, k: r.int_(v, k, 1024, 64 << 20), 512 << 10),
+        max_decoded_bytes=r.get(
+            cm, ck, "max_decoded_bytes", lambda v, k: r.int_(v, k, 1024, 256 << 20), 4 << 20
+        ),
+        phrases_dir=r.get(cm, ck, "phrases_dir", r.path_, rules_dir / "phrases"),
+    )
+    from .content import load_phrases  # pyahocorasick: only loaded with a config
+
+    try:
+        phrases = load_phrases(
+            cfg.phrases_dir, categories if rules_dir.is_dir() else None, rules_dir.parent
+        )
+    except InputError as exc:
+        r.problems.extend(exc.problems)
+        phrases = None
+    return ContentConfig(cfg.max_bytes, cfg.max_decoded_bytes, cfg.phrases_dir, phrases)
 
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}[*+]?")
@@ -825,6 +954,7 @@ __all__ = [
     "DistrictConfig",
     "GatewayConfig",
     "Group",
+    "ImagesConfig",
     "InputError",
     "ListenConfig",
     "LogConfig",

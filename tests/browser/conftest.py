@@ -87,7 +87,18 @@ def make_home(home: Path, trusted: list[Path]) -> list[str]:
     )
     for i, ca in enumerate(trusted):
         subprocess.run(
-            [certutil, "-A", "-d", f"sql:{nssdb}", "-t", "C,,", "-n", f"test-ca-{i}", "-i", str(ca)],
+            [
+                certutil,
+                "-A",
+                "-d",
+                f"sql:{nssdb}",
+                "-t",
+                "C,,",
+                "-n",
+                f"test-ca-{i}",
+                "-i",
+                str(ca),
+            ],
             check=True,
             capture_output=True,
         )
