@@ -22,7 +22,7 @@ from proxy.model import BLOCK, Decision, Request
 from proxy.resolve import Resolver
 from proxy.safesearch import Target, force_cookie, force_query
 
-from .override import Override
+from .override import Override, override_link
 from .record import Recorder, flow_client
 from .runtime import Runtime, new_request_id
 
@@ -454,6 +454,18 @@ class Filter:
                 403,
             )
 
+    def _override_url(self, d: Decision, rid: str) -> str:
+        """The staff-override link, shown where an adult could lift this block."""
+        engine = self.rt.engine
+        if engine is None or d.category is None or self.rt.config.auth.backend == "none":
+            return ""
+        info = engine.rules.categories.get(d.category)
+        if info is None or info.override_never:
+            return ""
+        if not any(p.override for p in self.rt.config.policies.values()):
+            return ""
+        return override_link(d.url, rid)
+
     def _block(self, flow: http.HTTPFlow, d: Decision, rid: str, status: int) -> None:
         flow.metadata["cipa_decision"] = d
         try:
@@ -471,6 +483,7 @@ class Filter:
                 accept_language=r.headers.get("accept-language", ""),
                 review_email=cfg.district.review_email,
                 logo=cfg.district.logo,
+                override_url=self._override_url(d, rid),
             )
         except Exception:
             log.exception("cannot render the block page for %s", rid)

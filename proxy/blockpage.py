@@ -307,12 +307,14 @@ def render(
     accept_language: str = "",
     review_email: str = "",
     logo: Path | None = None,
+    override_url: str = "",
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) for a blocked request, chosen by what the client accepts.
 
     ``dest`` is the Sec-Fetch-Dest header: a browser's sub-resource fetches get an empty body.
     ``accept_language`` picks English or Spanish; ``review_email`` adds a "request a review"
-    mailto link; ``logo`` is an image file shown beside the district name.
+    mailto link; ``logo`` is an image file shown beside the district name; ``override_url``
+    links authorised adults to the override sign-in page (CIPA bona fide research).
     """
     headers = {
         "Cache-Control": "no-store",
@@ -354,6 +356,11 @@ def render(
             )
         else:
             review = f"<p>{e(t['next_no_review'])}</p>"
+        if override_url:
+            review += (
+                f'\n<p><a class="button" id="staff-override" href="{e(override_url, quote=True)}">'
+                f"{e(_OVERRIDE_LINK[lang])}</a></p>"
+            )
         body = _template("block.html").substitute(
             style=asset("page.css").decode("utf-8"),
             lang=lang,
@@ -386,6 +393,12 @@ def render(
 
 
 # --------------------------------------------------------------------------- setup page
+
+
+_OVERRIDE_LINK = {
+    "en": "Staff: open this site for research (sign-in required)",
+    "es": "Personal: abrir este sitio para investigación (requiere iniciar sesión)",
+}
 
 
 def setup_csp(setup_host: str) -> str:
