@@ -14,10 +14,13 @@ two known weaknesses:
   and negative "good context" phrases (sexual health, anatomy, problem
   gambling, legislation) pull educational pages back under the threshold.
 
-Pipeline: ``decode_body`` (gzip/br/deflate/zstd, capped: a compression bomb
-cannot blow up memory) -> ``body_text`` (charset, then visible text of
-HTML/JSON/plain text) -> ``normalize`` (lower case, accents folded except ñ,
-punctuation to single spaces) -> ``PhraseSet.score``.
+Pipeline (``page_text``): ``decode_body`` (gzip/br/deflate/zstd, capped: a
+compression bomb cannot blow up memory) -> ``text_bytes`` (charset, then the
+visible text of HTML/JSON/plain text, as UTF-8) -> ``normalize_bytes`` (lower
+case, punctuation and space runs to one space) -> ``PhraseSet.score_normalized``.
+Accents are handled on the phrase side: each phrase is also added with its
+accents folded (``línea`` matches "línea" and "linea"), never ñ ("año" is not
+"ano").
 
 This module imports no mitmproxy; ``addons/content.py`` adapts it to flows.
 Run ``python -m proxy.content FILE...`` to see how a saved page scores.
@@ -30,7 +33,6 @@ import html
 import io
 import json
 import re
-import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,79 +44,136 @@ import ahocorasick
 from .yamlpos import InputError, Key, Located, Problem, load_yaml_file
 
 # --------------------------------------------------------------------------- text
+#
+# Everything up to the automaton works on UTF-8 *bytes*: lower-casing and turning
+# punctuation into spaces is one C-level bytes.translate, tags are stripped with byte
+# regexes, and the automaton sees the bytes as a Latin-1 string (one character per
+# byte, decoded for free). str.translate and Unicode regex classes cost ~10x more.
 
 
 class ContentError(ValueError):
     """A body that cannot be decoded (corrupt compression, unknown encoding)."""
 
 
-# Accents folded so that "apuesta" and "apuésta", "pornografía" and "pornografia" match
-# alike. ñ is kept: folding it would turn "año" (year) into "ano".
-_FOLD = str.maketrans(
-    {
-        **dict.fromkeys("áàâäãå", "a"),
-        **dict.fromkeys("éèêë", "e"),
-        **dict.fromkeys("íìîï", "i"),
-        **dict.fromkeys("óòôöõø", "o"),
-        **dict.fromkeys("úùûü", "u"),
-        "ç": "c",
-        "ý": "y",
-        "ÿ": "y",
-        "’": "'",
-    }
+# ASCII letters lower-cased, ASCII digits kept, every other ASCII byte a space; bytes >= 0x80
+# (the parts of non-ASCII characters) kept as they are.
+_BYTE_MAP = bytes(
+    c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122 or c >= 128) else 32
+    for c in range(256)
 )
-_NON_WORD = re.compile(r"[\W_]+")
-_APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")  # "don't" -> "dont", "o'clock" -> "oclock"
+# Latin-1 capitals (À..Þ except ×, UTF-8 C3 80..C3 9E) to lower case (C3 A0..C3 BE).
+_LATIN1_UPPER = re.compile(rb"\xc3[\x80-\x96\x98-\x9e]")
+# Spanish and typographic punctuation and spaces: ¡ ¿ « » · nbsp, and ‘ ’ ‚ “ ” „ – — … • and thin/zero-width spaces.
+_PUNCT_C2 = re.compile(rb"\xc2[\xa0\xa1\xab\xb7\xbb\xbf]")
+_PUNCT_E2 = re.compile(rb"\xe2\x80[\x89\x8b\x93\x94\x98\x99\x9a\x9c\x9d\x9e\xa2\xa6\xaf]")
+_SPACES = re.compile(rb"  +")  # after _BYTE_MAP every ASCII space character is " "
+
+
+def _lower_latin1(m: re.Match[bytes]) -> bytes:
+    return b"\xc3" + bytes((m.group()[1] + 0x20,))
+
+
+def normalize_bytes(b: bytes) -> str:
+    """Normalized text for the automaton: lower case, every run of punctuation/space one space,
+    padded with spaces; returned as Latin-1 (one character per UTF-8 byte)."""
+    b = b.translate(_BYTE_MAP)
+    if not b.isascii():
+        if b"\xc3" in b:
+            b = _LATIN1_UPPER.sub(_lower_latin1, b)
+        if b"\xc2" in b:
+            b = _PUNCT_C2.sub(b" ", b)
+        if b"\xe2" in b:
+            b = _PUNCT_E2.sub(b" ", b)
+    b = _SPACES.sub(b" ", b)
+    return " " + b.strip().decode("latin-1") + " "
 
 
 def normalize(text: str) -> str:
-    """Lower case, accents folded, every run of non-letters/digits one space, padded with spaces.
-
-    Phrases are normalized the same way and matched with their spaces, so a
-    match always starts and ends on a word boundary.
-    """
-    if not text.isascii() and not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFC", text)
-    text = text.lower().translate(_FOLD)
-    if "'" in text:
-        text = _APOSTROPHE.sub("", text)
-    return " " + _NON_WORD.sub(" ", text).strip() + " "
+    """``normalize_bytes`` of a str. Phrases are normalized the same way and matched with
+    their spaces, so a match always starts and ends on a word boundary."""
+    return normalize_bytes(text.encode("utf-8", "replace"))
 
 
-# Elements whose content is never shown as text.
-_INVISIBLE = re.compile(
-    r"<(script|style|template|svg)\b[^>]*>.*?</\1\s*>|<!--.*?-->",
-    re.S | re.I,
+# Accents folded in *phrases* (each phrase is also added without its accents, so
+# "pornografía" matches pages that write "pornografia"); ñ is kept: "año" is not "ano".
+_FOLD = str.maketrans(
+    {
+        **dict.fromkeys("áàâäã", "a"),
+        **dict.fromkeys("éèêë", "e"),
+        **dict.fromkeys("íìîï", "i"),
+        **dict.fromkeys("óòôöõ", "o"),
+        **dict.fromkeys("úùûü", "u"),
+        "ç": "c",
+    }
 )
-# Attributes a person sees (tooltips, alt text for images) and metadata search engines show.
-_ATTRS = re.compile(
-    r"""\b(?:alt|title|aria-label)\s*=\s*(?:"([^"<>]{1,500})"|'([^'<>]{1,500})')""", re.I
-)
+
+
+def fold_accents(text: str) -> str:
+    return text.lower().translate(_FOLD)
+
+
+# Elements whose content is never shown (tag names in lower or upper case; a "<Script>" in
+# mixed case is left in: more text to score, never less).
+_INVISIBLE_OPEN = re.compile(rb"<(script|style|template|svg|SCRIPT|STYLE|SVG)\b[^>]*>|<!--")
+# Alt text of images: what a reader of the page is told the picture shows.
+_ALT = re.compile(rb"""alt=(?:"([^"<>]{1,300})"|'([^'<>]{1,300})')""")
 _META = re.compile(
-    r"""<meta\b[^>]*?\b(?:name|property)\s*=\s*["']?(?:description|keywords|og:title|og:description)["']?[^>]*>""",
+    rb"""<meta\b[^>]*?\b(?:name|property)\s*=\s*["']?(?:description|keywords|og:title|og:description)["']?[^>]*>""",
     re.I,
 )
-_CONTENT_ATTR = re.compile(r"""\bcontent\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
-# Inline elements do not separate words ("<b>P</b>orn" reads "Porn"); every other tag does.
+_CONTENT_ATTR = re.compile(rb"""\bcontent\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
+# Formatting tags do not separate words ("<b>P</b>orn" reads "Porn"); every other tag does
+# (links and spans are often laid out side by side as separate items: "Home</a><a>About").
 _INLINE_TAG = re.compile(
-    r"</?(?:a|abbr|b|bdi|bdo|big|cite|code|del|dfn|em|font|i|ins|kbd|mark|q|s|samp|small|span|strike|strong|sub|sup|tt|u|var|wbr)\b[^>]*>",
-    re.I,
+    rb"</?(?:b|big|em|font|i|mark|s|small|strike|strong|sub|sup|tt|u|wbr)\b[^>]*>"
 )
-_TAG = re.compile(r"<[^>]*>")
+_TAG = re.compile(rb"<[^>]*>")
+_ENTITY = re.compile(rb"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[a-zA-Z][a-zA-Z0-9]{1,31});?")
+
+
+def _unescape(m: re.Match[bytes]) -> bytes:
+    return html.unescape(m.group().decode("ascii")).encode("utf-8", "replace")
+
+
+def _strip_invisible(doc: bytes) -> bytes:
+    out: list[bytes] = []
+    i, n = 0, len(doc)
+    while i < n:
+        m = _INVISIBLE_OPEN.search(doc, i)
+        if m is None:
+            out.append(doc[i:])
+            break
+        out.append(doc[i : m.start()])
+        tag = m.group(1)
+        if tag is None:
+            end = doc.find(b"-->", m.end())
+            i = n if end < 0 else end + 3
+        else:
+            end = doc.find(b"</" + tag, m.end())
+            i = n if end < 0 else (doc.find(b">", end) + 1 or n)
+    return b" ".join(out)
+
+
+def html_to_text_bytes(doc: bytes) -> bytes:
+    """The text a reader sees (plus image alt text and the meta description/keywords), UTF-8 in and out."""
+    doc = _strip_invisible(doc)
+    extra = [a or b for a, b in _ALT.findall(doc)]
+    body_at = doc.find(b"<body")
+    for tag in _META.findall(doc[: body_at if body_at >= 0 else 8192]):
+        m = _CONTENT_ATTR.search(tag)
+        if m:
+            extra.append(m.group(1) or m.group(2) or b"")
+    text = _TAG.sub(b" ", _INLINE_TAG.sub(b"", doc))
+    if extra:
+        text = text + b" \n " + b" \n ".join(extra)
+    if b"&" in text:
+        text = _ENTITY.sub(_unescape, text)
+    return text
 
 
 def html_to_text(doc: str) -> str:
-    """The text a reader sees (plus alt/title attributes and the meta description/keywords)."""
-    doc = _INVISIBLE.sub(" ", doc)
-    extra = [a or b for a, b in _ATTRS.findall(doc)]
-    for tag in _META.findall(doc):
-        m = _CONTENT_ATTR.search(tag)
-        if m:
-            extra.append(m.group(1) or m.group(2) or "")
-    text = _TAG.sub(" ", _INLINE_TAG.sub("", doc))
-    if extra:
-        text = text + " \n " + " \n ".join(extra)
-    return html.unescape(text) if "&" in text else text
+    """``html_to_text_bytes`` for a str (tests, the CLI)."""
+    return html_to_text_bytes(doc.encode("utf-8", "replace")).decode("utf-8", "replace")
 
 
 def json_to_text(doc: str) -> str:
@@ -170,21 +229,24 @@ def _codec(name: str | None) -> str | None:
 
 
 def charset_of(content_type: str | None, body: bytes, kind: str) -> str:
-    """Charset from the Content-Type, else a BOM, else (HTML) a <meta> in the first 2 KB, else UTF-8."""
-    m = _CHARSET_PARAM.search(content_type or "")
-    cs = _codec(m.group(1)) if m else None
-    if cs:
-        return cs
+    """Charset from a BOM, else the Content-Type, else (HTML) a <meta> in the first 2 KB, else UTF-8."""
     if body.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
     if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
+    m = _CHARSET_PARAM.search(content_type or "")
+    cs = _codec(m.group(1)) if m else None
+    if cs:
+        return cs
     if kind == "html":
         m2 = _META_CHARSET.search(body[:2048])
         cs = _codec(m2.group(1).decode("ascii", "replace")) if m2 else None
         if cs:
             return cs
     return "utf-8"
+
+
+_UTF8 = frozenset({"utf-8", "ascii"})
 
 
 def _brotli(data: bytes, limit: int) -> bytes:
@@ -211,9 +273,7 @@ def _zstd(data: bytes, limit: int) -> bytes:
 
 
 def _zlib(data: bytes, limit: int, wbits: int) -> bytes:
-    d = zlib.decompressobj(wbits)
-    out = d.decompress(data, limit)
-    return out
+    return zlib.decompressobj(wbits).decompress(data, limit)
 
 
 def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
@@ -249,21 +309,43 @@ def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
     return data[:limit]
 
 
+def text_bytes(
+    raw: bytes,
+    content_type: str | None,
+    content_encoding: str | None = None,
+    limit: int = 4 << 20,
+) -> bytes:
+    """The visible text of a response body as UTF-8: decoded, charset applied, markup stripped."""
+    kind = content_kind(content_type) or "text"
+    body = decode_body(raw, content_encoding, limit)
+    cs = charset_of(content_type, body, kind)
+    if cs not in _UTF8:
+        body = body.decode(cs, errors="replace").encode("utf-8")
+    if kind == "html":
+        return html_to_text_bytes(body)
+    if kind == "json":
+        return json_to_text(body.decode("utf-8", "replace")).encode("utf-8", "replace")
+    return body
+
+
 def body_text(
     raw: bytes,
     content_type: str | None,
     content_encoding: str | None = None,
     limit: int = 4 << 20,
 ) -> str:
-    """The visible text of a response body (decoded, charset applied, markup stripped)."""
-    kind = content_kind(content_type) or "text"
-    body = decode_body(raw, content_encoding, limit)
-    text = body.decode(charset_of(content_type, body, kind), errors="replace")
-    if kind == "html":
-        return html_to_text(text)
-    if kind == "json":
-        return json_to_text(text)
-    return text
+    """``text_bytes`` as a str (for people: the CLI, tests)."""
+    return text_bytes(raw, content_type, content_encoding, limit).decode("utf-8", "replace")
+
+
+def page_text(
+    raw: bytes,
+    content_type: str | None,
+    content_encoding: str | None = None,
+    limit: int = 4 << 20,
+) -> str:
+    """The normalized text of a response body, ready for ``PhraseSet.score_normalized``."""
+    return normalize_bytes(text_bytes(raw, content_type, content_encoding, limit))
 
 
 # --------------------------------------------------------------------------- phrase lists
@@ -322,27 +404,28 @@ class PhraseSet:
     """Every phrase of every category in one automaton; ``score`` scans a page once."""
 
     def __init__(
-        self, phrases: list[tuple[str, Phrase]], combos: list[Combination], files: Sequence[str]
+        self,
+        phrases: list[tuple[tuple[str, ...], Phrase]],
+        combos: list[Combination],
+        files: Sequence[str],
     ):
         self.files = tuple(files)
         self.categories = frozenset({p.category for _, p in phrases} | {c.category for c in combos})
         self.count = len(phrases) + len(combos)
-        keys: dict[str, int] = {}
-        self._entries: list[
-            list[Phrase]
-        ] = []  # key index -> phrases (one per category) with that key
-        for key, p in phrases:
-            i = keys.setdefault(key, len(keys))
+        ids: dict[str, int] = {}  # canonical key -> phrase id
+        self._entries: list[list[Phrase]] = []  # phrase id -> its phrases (one per category)
+        self._auto = ahocorasick.Automaton()
+        for keys, p in phrases:
+            i = ids.setdefault(keys[0], len(ids))
             if i == len(self._entries):
                 self._entries.append([])
             self._entries[i].append(p)
-        self._keys = keys
-        self._combos = [(tuple(keys[k] for k in c.parts), c) for c in combos]
+            for key in keys:
+                self._auto.add_word(key, i)
+        self._keys = ids
+        self._combos = [(tuple(ids[k] for k in c.parts), c) for c in combos]
         self._combo_keys = {i for parts, _ in self._combos for i in parts}
-        self._auto = ahocorasick.Automaton()
-        for key, i in keys.items():
-            self._auto.add_word(key, i)
-        if keys:
+        if ids:
             self._auto.make_automaton()
 
     def matches(self, normalized: str) -> set[int]:
@@ -379,14 +462,27 @@ class PhraseSet:
         return self.score_normalized(normalize(text), categories)
 
 
-def phrase_key(phrase: str) -> str | None:
-    """The automaton key of a phrase as written: normalized, padded with spaces; ``word*`` keeps
-    only the leading space (matches word beginnings). None for a phrase with no letters."""
+def phrase_keys(phrase: str) -> tuple[str, ...]:
+    """The automaton keys of a phrase as written: normalized and padded with spaces (``word*``
+    keeps only the leading space: it matches word beginnings). The first key has the accents
+    folded and is the phrase's identity (duplicates are found on it); the phrase with its
+    accents follows when it differs. Empty for a phrase with no letters or digits."""
     prefix = phrase.rstrip().endswith("*")
-    words = normalize(phrase.rstrip().rstrip("*")).strip()
-    if not words:
-        return None
-    return " " + words + ("" if prefix else " ")
+    core = phrase.rstrip().rstrip("*")
+    keys: list[str] = []
+    for form in (fold_accents(core), core):
+        words = normalize(form).strip()
+        if words:
+            key = " " + words + ("" if prefix else " ")
+            if key not in keys:
+                keys.append(key)
+    return tuple(keys)
+
+
+def phrase_key(phrase: str) -> str | None:
+    """The identity key of a phrase (accents folded), None for a phrase with no letters."""
+    keys = phrase_keys(phrase)
+    return keys[0] if keys else None
 
 
 _FILE_KEYS = ("category", "language", "description", "phrases", "combinations")
@@ -411,7 +507,7 @@ def load_phrases(
     """
     known = None if categories is None else frozenset(categories)
     problems: list[Problem] = []
-    phrases: list[tuple[str, Phrase]] = []
+    phrases: list[tuple[tuple[str, ...], Phrase]] = []
     combos: list[Combination] = []
     files: list[str] = []
     if not directory.is_dir():
@@ -471,7 +567,9 @@ def load_phrases(
                 )
                 continue
             seen[(cat, key)] = where
-            phrases.append((key, Phrase(str(text).rstrip().rstrip("*"), cat, weight, where)))
+            phrases.append(
+                (phrase_keys(str(text)), Phrase(str(text).rstrip().rstrip("*"), cat, weight, where))
+            )
         cb = data.get("combinations") or []
         if not isinstance(cb, list):
             problems.append(
@@ -518,7 +616,9 @@ def load_phrases(
             if (cat, key) not in seen:
                 where = f"{loc.file}:{loc.line((*ck, 'all', j))}"
                 seen[(cat, key)] = where
-                phrases.append((key, Phrase(part, cat, 0, where)))
+                phrases.append(
+                    (phrase_keys(part), Phrase(part.rstrip().rstrip("*"), cat, 0, where))
+                )
             keys.append(key)
         else:
             combos.append(
@@ -559,7 +659,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             if f.suffix == ".txt"
             else "text/html"
         )
-        score = ps.score(body_text(f.read_bytes(), ctype))
+        score = ps.score_normalized(page_text(f.read_bytes(), ctype))
         parts = [
             f"{cat}={total} [{', '.join(f'{h.phrase}:{h.weight:+d}' for h in score.hits.get(cat, ()))}]"
             for cat, total in sorted(score.totals.items())

@@ -24,6 +24,8 @@ def watched_paths(config_path: Path, config: Config, rule_files: list[str]) -> l
     paths.add((rules_dir / "safesearch" / "hosts.tsv").resolve())
     if config.class_exceptions is not None:
         paths.add(config.class_exceptions.resolve())
+    if config.content.phrases_dir.is_dir():  # weighted phrase lists (content scoring)
+        paths.update(p.resolve() for p in config.content.phrases_dir.glob("*.yaml"))
     return sorted(paths)
 
 
