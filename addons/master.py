@@ -183,9 +183,12 @@ def _open_audit(cfg: Config):
 
 
 def _build_engine(cfg: Config) -> Engine:
-    engine = Engine.build(cfg)
-    # Move the rule tables out of the collector's sight: a full GC walking hundreds of
-    # thousands of entries would otherwise stall the event loop for tens of milliseconds.
+    # isolate: a stale index is compiled in a child process (proxy/index.py), so a list of
+    # millions of entries neither holds the GIL for long nor leaves its heap here; a current
+    # one (lists.cache_dir) is only memory-mapped.
+    engine = Engine.build(cfg, isolate=True)
+    # Move what is left (rule metadata, URL entries: the domain index is a few objects over
+    # a mapped file) out of the collector's sight, so a full GC never walks it.
     gc.freeze()
     return engine
 

@@ -4,13 +4,14 @@ mitmproxy opens its listener itself: ``AsyncioServerInstance.listen`` calls
 ``asyncio.start_server(handler, host, port)`` and has neither a way to be
 handed a socket nor a ``reuse_port`` flag. In a worker process, and only
 there, :func:`install` replaces ``listen`` on the two server classes
-cipa-proxy uses (regular and upstream mode) with one that
+cipa-proxy uses (regular, upstream and transparent mode) with one that
 
 * waits until the first rule load has finished (so a worker that is starting
   or restarting never takes a connection it would have to refuse with
   "filter starting": in shared mode the other workers keep serving the
   queue meanwhile), then
-* serves the socket the supervisor handed down (``CIPA_LISTEN_FD``, shared
+* serves the socket the supervisor handed down (``CIPA_LISTEN_FD``, and
+  ``CIPA_LISTEN_FD_TRANSPARENT`` for the gateway's transparent listener; shared
   mode), or binds its own with ``SO_REUSEPORT`` (``CIPA_REUSE_PORT=1``).
 
 The patch is checked against mitmproxy's signature at install time, so a
@@ -30,19 +31,32 @@ from dataclasses import dataclass
 
 from mitmproxy.proxy import mode_servers
 
-from proxy.workers import BACKLOG, ENV_LISTEN_FD, ENV_REUSE_PORT, ENV_WORKER, ENV_WORKERS
+from proxy.workers import (
+    BACKLOG,
+    ENV_LISTEN_FD,
+    ENV_LISTEN_FD_TRANSPARENT,
+    ENV_REUSE_PORT,
+    ENV_WORKER,
+    ENV_WORKERS,
+)
 
 log = logging.getLogger("cipa.workers")
 
-_PATCHED = (mode_servers.RegularInstance, mode_servers.UpstreamInstance)
+# The explicit proxy (regular or upstream mode) and the gateway's transparent listener.
+_PATCHED = (
+    mode_servers.RegularInstance,
+    mode_servers.UpstreamInstance,
+    mode_servers.TransparentInstance,
+)
 
 
 @dataclass(frozen=True)
 class Worker:
     index: int
     count: int
-    listen_fd: int | None  # shared mode: the supervisor's listening socket
+    listen_fd: int | None  # shared mode: the supervisor's socket for the explicit proxy
     reuse_port: bool
+    transparent_fd: int | None = None  # shared mode, gateway: the transparent listener's
 
     def install(self, rules_loaded: asyncio.Event) -> None:
         """Make mitmproxy's regular/upstream listener use the supervisor's socket (or
@@ -59,15 +73,18 @@ class Worker:
             await rules_loaded.wait()
             if self.mode.transport_protocol != "tcp":  # pragma: no cover - not a mode we run
                 return await original(self, host, port)
-            if worker.listen_fd is not None:
+            fd = worker.transparent_fd if self.mode.type_name == "transparent" else worker.listen_fd
+            if fd is not None:
                 # A duplicate, so that stopping this server (mitmproxy closes it) leaves
                 # the inherited descriptor, and every other worker's, untouched.
-                sock = socket.socket(fileno=os.dup(worker.listen_fd))
+                sock = socket.socket(fileno=os.dup(fd))
                 server = await asyncio.start_server(self.handle_stream, sock=sock, backlog=BACKLOG)
-            else:
+            elif worker.reuse_port:
                 server = await asyncio.start_server(
                     self.handle_stream, host or None, port, reuse_port=True, backlog=BACKLOG
                 )
+            else:  # pragma: no cover - the supervisor always hands one of the two down
+                return await original(self, host, port)
             return [server]
 
         for cls in _PATCHED:
@@ -89,11 +106,13 @@ def from_env() -> Worker | None:
     if ENV_WORKER not in os.environ:
         return None
     fd = os.environ.get(ENV_LISTEN_FD)
+    tfd = os.environ.get(ENV_LISTEN_FD_TRANSPARENT)
     return Worker(
         index=int(os.environ[ENV_WORKER]),
         count=int(os.environ.get(ENV_WORKERS, "1")),
         listen_fd=int(fd) if fd else None,
         reuse_port=os.environ.get(ENV_REUSE_PORT) == "1",
+        transparent_fd=int(tfd) if tfd else None,
     )
 
 

@@ -60,7 +60,7 @@ BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = (b"cipa-proxy scale bench " + b"0123456789abcdef" * 64)[:1024]
 VARIANTS = ("1w", "2w-shared", "2w-reuseport", "2w-haproxy", "2w-nft")
-SCENARIOS = ("http-keepalive", "http-newconn", "https-newconn")
+SCENARIOS = ("http-keepalive", "http-newconn", "https-newconn", "http-newconn-kill")
 
 
 class BenchError(RuntimeError):
@@ -330,7 +330,7 @@ class Bench:
         cfg = root / "haproxy.cfg"
         servers = "\n".join(f"    server w{i} 127.0.0.1:{b}" for i, b in enumerate(backends))
         cfg.write_text(
-            "global\n    maxconn 20000\n    nbthread 1\n"
+            "global\n    maxconn 4000\n    nbthread 1\n"
             "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n"
             "    timeout server 60s\n"
             f"frontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n"
@@ -369,8 +369,13 @@ class Bench:
 
     # ------------------------------------------------------------------ load
 
-    def load(self, p: Proxy, scenario: str) -> dict:
+    def load(self, p: Proxy, scenario: str) -> dict | None:
         a = self.args
+        kill = scenario.endswith("-kill")
+        if kill:
+            if not p.name.startswith("2w-") or p.name in ("2w-haproxy", "2w-nft"):
+                return None  # only a supervisor restarts a worker
+            scenario = scenario.removesuffix("-kill")
         if scenario == "http-keepalive":
             cmd = ["wrk", "-t", "1", "-c", str(a.connections), "-d", f"{a.duration}s",
                    "-s", str(self.lua), f"http://127.0.0.1:{p.port}"]  # fmt: skip
@@ -389,7 +394,15 @@ class Bench:
         cpu0 = cpu_seconds(pids)
         ocpu0 = cpu_seconds([self.origin.pid])
         idle0 = _idle()
+        timer = None
+        if kill:  # SIGKILL one worker half-way through; the supervisor restarts it
+            victim = _children(p.procs[0].pid)[0]
+            timer = threading.Timer(a.duration / 2, os.kill, (victim, signal.SIGKILL))
+            timer.start()
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
+        if timer is not None:
+            timer.join()
+            pids = [x for x in pids if x != victim]
         idle1 = _idle()
         cpu1 = cpu_seconds(pids)
         ocpu1 = cpu_seconds([self.origin.pid])
@@ -408,7 +421,8 @@ class Bench:
             "ok": ok,
             "errors": errors,
             "wall": wall,
-            "proxy_cores": (cpu1 - cpu0) / wall,
+            # (a killed worker takes its CPU time with it: no CPU figure for -kill)
+            "proxy_cores": float("nan") if kill else (cpu1 - cpu0) / wall,
             "origin_cores": (ocpu1 - ocpu0) / wall,
             "loadgen_cores": gen / wall,
             "idle_cores": (idle1 - idle0) / CLK_TCK / wall,
@@ -426,13 +440,19 @@ def _count(text: str, scenario: str) -> tuple[int, int]:
     if scenario == "http-keepalive":
         total = int(re.search(r"(\d+) requests in", text).group(1))
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+        sock = re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+        )
         errors = (int(bad.group(1)) if bad else 0) + (
             sum(int(x) for x in sock.groups()) if sock else 0
         )
         return total - (int(bad.group(1)) if bad else 0), errors
-    ok = sum(int(n) for code, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", text) if code == "200")
-    bad = sum(int(n) for code, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", text) if code != "200")
+    ok = sum(
+        int(n) for code, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", text) if code == "200"
+    )
+    bad = sum(
+        int(n) for code, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", text) if code != "200"
+    )
     err = re.search(r"Error distribution:(.*)", text, re.S)
     errs = sum(int(n) for n in re.findall(r"\[(\d+)\]\s+Get", err.group(1))) if err else 0
     return ok, bad + errs
@@ -445,8 +465,15 @@ def summarize(results: dict[str, dict[str, list[dict]]]) -> dict:
     out: dict = {}
     for variant, by_scn in results.items():
         for scn, runs in by_scn.items():
-            med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
-            served = [sum(r["per_worker"][i] for r in runs) for i in range(len(runs[0]["per_worker"]))]
+            if not runs:
+                continue
+
+            def med(k: str, runs: list[dict] = runs) -> float:
+                return statistics.median(r[k] for r in runs)
+
+            served = [
+                sum(r["per_worker"][i] for r in runs) for i in range(len(runs[0]["per_worker"]))
+            ]
             out.setdefault(variant, {})[scn] = {
                 "rps": med("rps"),
                 "rps_runs": [round(r["rps"]) for r in runs],
@@ -454,7 +481,9 @@ def summarize(results: dict[str, dict[str, list[dict]]]) -> dict:
                 "origin_cores": med("origin_cores"),
                 "loadgen_cores": med("loadgen_cores"),
                 "idle_cores": med("idle_cores"),
-                "rps_per_core": statistics.median(r["rps"] / max(r["proxy_cores"], 1e-9) for r in runs),
+                "rps_per_core": statistics.median(
+                    r["rps"] / max(r["proxy_cores"], 1e-9) for r in runs
+                ),
                 "errors": sum(r["errors"] for r in runs),
                 "share": [round(s / max(sum(served), 1) * 100) for s in served],
             }
@@ -547,7 +576,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="cipa-scale-") as tmp:
         bench = Bench(Path(tmp), args)
-        results: dict[str, dict[str, list[dict]]] = {v: {s: [] for s in scenarios} for v in variants}
+        results: dict[str, dict[str, list[dict]]] = {
+            v: {s: [] for s in scenarios} for v in variants
+        }
         try:
             for v in variants:
                 print(f"starting {v}", file=sys.stderr, flush=True)
@@ -557,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
                 for scn in scenarios:
                     for v in order:
                         res = bench.load(bench.proxies[v], scn)
+                        if res is None:
+                            continue
                         results[v][scn].append(res)
                         print(
                             f"round {r + 1} {scn:15} {v:13} {res['rps']:8.0f} req/s  proxy "

@@ -102,7 +102,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     try:
-        rules = load_rules(cfg.rules_dir)
+        rules = load_rules(cfg.rules_dir, cfg.lists.cache_dir)  # the cached index when current
     except InputError as exc:
         for p in exc.problems:
             print(f"error: {p}")
@@ -370,6 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
         audit_cli.register(sub)
         for name in set(sub.choices) - before:
             _add_common_recursively(sub.choices[name])
+
+    from . import lists_cli  # lists update|import|stats
+
+    lists_cli.register(sub)
+    _add_common_recursively(sub.choices["lists"])
+
+    from . import learned  # learned list|approve|reject (the image classifier's category)
+
+    learned.register(sub)
+    _add_common_recursively(sub.choices["learned"])
     return parser
 
 

@@ -166,6 +166,21 @@ class AuthConfig:
     realm: str = "School Internet"
 
 
+UT1_SOURCE = "https://dsi.ut-capitole.fr/blacklists/download/blacklists.tar.gz"
+
+
+@dataclass(frozen=True)
+class ListsConfig:
+    """``cipa-proxy lists update`` and the compiled index cache (proxy/index.py, lists_cli.py)."""
+
+    source: str = UT1_SOURCE  # the UT1 blacklists tarball (a URL or a local file)
+    cache_dir: Path | None = None  # compiled rule index cache; None: no cache
+    max_archive_bytes: int = 512 << 20  # download / archive size limit
+    max_member_bytes: int = 1 << 30  # one archive member, uncompressed (adult/domains: 125 MB)
+    max_total_bytes: int = 4 << 30  # the whole archive, uncompressed
+    min_keep_ratio: float = 0.5  # refuse an update that shrinks a list below this share (--force)
+
+
 @dataclass(frozen=True)
 class OverrideConfig:
     minutes: float = 60.0
@@ -178,6 +193,7 @@ class ImagesConfig:
     """The image classifier (proxy/images.py); each policy picks its ``images.mode``."""
 
     workers: int = 1  # classifier processes
+    priority: str = "idle"  # idle: only CPU time nothing else wants (SCHED_IDLE) | normal
     queue: int = 32  # images waiting beyond those being classified; more are skipped (queue_full)
     cache_entries: int = 10_000  # verdicts kept by SHA-256
     min_bytes: int = 4096  # smaller images (icons, pixels) are not classified
@@ -254,6 +270,7 @@ class Config:
     overrides: OverrideConfig = OverrideConfig()
     workers: int | str = 1  # proxy processes for `run` (proxy/workers.py); "auto" = one per core
     gateway: GatewayConfig = GatewayConfig()
+    lists: ListsConfig = ListsConfig()
     images: ImagesConfig = ImagesConfig()
     content: ContentConfig = ContentConfig()
     class_exceptions: Path | None = (
@@ -408,7 +425,7 @@ def _parse(loc: Located, base: Path) -> Config:
         "listen", "clients", "groups", "policies", "rules_dir", "upstream", "on_error",
         "tls", "audit", "metrics", "district", "log", "safesearch", "auth",
         "trusted_proxies", "timezone", "schedules", "overrides", "class_exceptions", "workers", "gateway",
-        "images", "content",
+        "images", "content", "lists",
     )  # fmt: skip
     top = r.mapping(loc.data, (), top_keys)
     P: Key = ()
@@ -747,6 +764,23 @@ def _parse(loc: Located, base: Path) -> Config:
     if listen.transparent and workers != 1:
         r.fail(("listen", "mode"), f"{listen.mode}: not supported with workers: {workers} (use 1)")
 
+    lk3 = ("lists",)
+    lm3 = r.mapping(top.get("lists"), lk3, ListsConfig.__dataclass_fields__)
+
+    def _optional_dir(v: Any, path: Key) -> Path | None:
+        return r.path_(v, path) if v not in (None, "") else None
+
+    lists_cfg = ListsConfig(
+        source=r.get(lm3, lk3, "source", r.str_, UT1_SOURCE),
+        cache_dir=r.get(lm3, lk3, "cache_dir", _optional_dir, base / "cache")
+        if lm3.get("cache_dir", 0) is not None
+        else None,
+        max_archive_bytes=r.get(lm3, lk3, "max_archive_bytes", r.int_, 512 << 20),
+        max_member_bytes=r.get(lm3, lk3, "max_member_bytes", r.int_, 1 << 30),
+        max_total_bytes=r.get(lm3, lk3, "max_total_bytes", r.int_, 4 << 30),
+        min_keep_ratio=r.get(lm3, lk3, "min_keep_ratio", r.float_, 0.5),
+    )
+
     if r.problems:
         raise InputError(r.problems)
     return Config(
@@ -771,6 +805,7 @@ def _parse(loc: Located, base: Path) -> Config:
         overrides=overrides,
         workers=workers,
         gateway=gateway,
+        lists=lists_cfg,
         content=content,
         images=images,
         class_exceptions=r.get(
@@ -824,6 +859,7 @@ def _images(r: _Reader, value: Any) -> ImagesConfig:
 
     cfg = ImagesConfig(
         workers=r.get(im, ik, "workers", int_in(1, 64), d.workers),
+        priority=r.get(im, ik, "priority", r.choice("idle", "normal"), d.priority),
         queue=r.get(im, ik, "queue", int_in(0, 100_000), d.queue),
         cache_entries=r.get(im, ik, "cache_entries", int_in(0, 10_000_000), d.cache_entries),
         min_bytes=r.get(im, ik, "min_bytes", int_in(0, 1 << 30), d.min_bytes),

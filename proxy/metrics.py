@@ -138,8 +138,68 @@ class Metrics:
         self.filter_errors = Counter(
             "cipa_filter_errors", "Errors inside a deciding hook (fail closed).", registry=r
         )
+        # Page content scoring and download rules (proxy/content.py, proxy/downloads.py).
+        self.content_scans = Counter(
+            "cipa_content_scans",
+            "Responses considered for content scoring, by result (clean, blocked, too_large, error).",
+            ["result"],
+            registry=r,
+        )
+        self.content_bytes = Counter(
+            "cipa_content_scanned_bytes", "Response body bytes scored (as received).", registry=r
+        )
+        self.content_seconds = Histogram(
+            "cipa_content_scan_seconds",
+            "Time to decode, extract and score one page.",
+            buckets=_DECISION_BUCKETS[4:] + (0.05, 0.1),
+            registry=r,
+        )
+        self.download_blocks = Counter(
+            "cipa_download_blocks",
+            "Downloads blocked, by rule (extension, disposition, mime, audio_video).",
+            ["rule"],
+            registry=r,
+        )
+        # Image classification (images.mode; proxy/images.py, addons/images.py).
+        self.images_classified = Counter(
+            "cipa_images_classified",
+            "Images classified, by verdict (explicit, clean, error).",
+            ["verdict"],
+            registry=r,
+        )
+        self.image_classify_seconds = Histogram(
+            "cipa_image_classify_seconds",
+            "Time a classifier process spent on one image (decode + model).",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=r,
+        )
+        self.images_queue_depth = Gauge(
+            "cipa_images_queue_depth",
+            "Images in the classifier queue or being classified.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.images_skipped = Counter(
+            "cipa_images_skipped",
+            "Images not classified (or, in block mode, not held), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.image_cache_hits = Counter(
+            "cipa_image_cache_hits", "Image verdicts answered from the cache.", registry=r
+        )
+        self.learned_domains = Gauge(
+            "cipa_learned_domains",
+            "Domains in the learned_adult category (learned from explicit images).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        for verdict in ("explicit", "clean", "error"):
+            self.images_classified.labels(verdict=verdict)
         for mode in ("intercepted", "passthrough", "refused"):
             self.tls.labels(mode=mode)
+        for result in ("clean", "blocked", "too_large", "error"):
+            self.content_scans.labels(result=result)
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
 

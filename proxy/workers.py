@@ -8,8 +8,8 @@ How connections are spread (see ``bench/scale.py`` and ``bench/RESULTS.md``
 for the measurements behind the choice):
 
 * **shared** (the default): the supervisor binds and listens on the socket
-  once, and every worker inherits that one listening socket and accepts from
-  its queue. The kernel hands each new connection to whichever worker calls
+  once (one per listener: ``listen.port``, and ``listen.transparent_port`` in
+  gateway mode), and every worker inherits it and accepts from its queue. The kernel hands each new connection to whichever worker calls
   ``accept`` first, i.e. the one with spare time, and the client's address is
   the peer address as always (nothing in between). The queue belongs to the
   supervisor's socket, so a worker that dies or restarts loses only the
@@ -77,7 +77,8 @@ log = logging.getLogger("cipa.workers")
 
 ENV_WORKER = "CIPA_WORKER"
 ENV_WORKERS = "CIPA_WORKERS"
-ENV_LISTEN_FD = "CIPA_LISTEN_FD"
+ENV_LISTEN_FD = "CIPA_LISTEN_FD"  # the explicit proxy's socket (listen.port)
+ENV_LISTEN_FD_TRANSPARENT = "CIPA_LISTEN_FD_TRANSPARENT"  # listen.transparent_port (gateway mode)
 ENV_REUSE_PORT = "CIPA_REUSE_PORT"
 ENV_BALANCE = "CIPA_WORKERS_BALANCE"  # shared (default) | reuseport
 ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
@@ -223,7 +224,7 @@ class _Worker:
 
 
 _METRICS_LINE = re.compile(r"^cipa-proxy metrics at (\S+):(\d+)")
-_LISTENING_LINE = re.compile(r"^cipa-proxy listening at ")
+_LISTENING_LINE = re.compile(r"^cipa-proxy listening at (.*)$")
 _LOADED_LINE = re.compile(r"^cipa-proxy rules loaded: (.*)$")
 
 
@@ -245,15 +246,15 @@ class Supervisor:
             raise ValueError(f"{ENV_BALANCE} must be one of {', '.join(BALANCE_MODES)}")
         self.workers = [_Worker(i) for i in range(count)]
         self.restarts = 0
-        self.sock: socket.socket | None = None
-        self.address: tuple[str, int] = (cfg.listen.host, cfg.listen.port)
+        # One socket per listener: "explicit" (listen.port) and, in gateway mode, "transparent".
+        self.socks: dict[str, socket.socket] = {}
         self.multiproc_dir: Path | None = None
         self._own_multiproc_dir = False
         self._wake = threading.Event()
         self._stop_signal: int | None = None
         self._hup = False
         self._out = threading.Lock()
-        self._announced_listening = False
+        self._announced_listening: set[str] = set()
         self._announced_loaded = False
         self._metrics_server = None
 
@@ -272,11 +273,11 @@ class Supervisor:
             if m:
                 w.metrics_port = int(m.group(2))
                 continue  # internal: the front serves the district's metrics
-            if _LISTENING_LINE.match(line) and not self._announced_listening:
-                self._announced_listening = True
-                host, port = self.address
+            m = _LISTENING_LINE.match(line)
+            if m and m.group(1) not in self._announced_listening:
+                self._announced_listening.add(m.group(1))  # the first worker serving it
                 self.say(
-                    f"cipa-proxy listening at {host}:{port} "
+                    f"cipa-proxy listening at {m.group(1)} "
                     f"({self.count} workers, {self.balance} socket)"
                 )
             m = _LOADED_LINE.match(line)
@@ -302,7 +303,9 @@ class Supervisor:
         if self.cfg.metrics.host_port is not None:
             sets.append("metrics.listen=127.0.0.1:0")  # internal; the front serves metrics.listen
         if self.balance == "reuseport":
-            sets.append(f"listen.port={self.address[1]}")
+            for kind, key in (("explicit", "port"), ("transparent", "transparent_port")):
+                if kind in self.socks:
+                    sets.append(f"listen.{key}={self.socks[kind].getsockname()[1]}")
         cmd = [sys.executable, "-m", "proxy", "run", "--config", str(self.config_path)]
         for s in sets:
             cmd += ["--set", s]
@@ -314,9 +317,13 @@ class Supervisor:
         env[ENV_MULTIPROC] = str(self.multiproc_dir)
         pass_fds: tuple[int, ...] = ()
         if self.balance == "shared":
-            assert self.sock is not None
-            env[ENV_LISTEN_FD] = str(self.sock.fileno())
-            pass_fds = (self.sock.fileno(),)
+            for kind, var in (
+                ("explicit", ENV_LISTEN_FD),
+                ("transparent", ENV_LISTEN_FD_TRANSPARENT),
+            ):
+                if kind in self.socks:
+                    env[var] = str(self.socks[kind].fileno())
+            pass_fds = tuple(sock.fileno() for sock in self.socks.values())
         else:
             env[ENV_REUSE_PORT] = "1"
         w.metrics_port = None
@@ -408,11 +415,16 @@ class Supervisor:
             self.multiproc_dir = Path(tempfile.mkdtemp(prefix="cipa-metrics-"))
             self._own_multiproc_dir = True
         host, port = self.cfg.listen.host, self.cfg.listen.port
-        if self.balance == "shared":
-            self.sock = bind_listener(host, port)
-        else:  # hold the port (not listening) so that every worker binds the same one
-            self.sock = bind_listener(host, port, reuse_port=True, listen=False)
-        self.address = (host, self.sock.getsockname()[1])
+        listeners = []
+        if getattr(self.cfg.listen, "explicit", True):
+            listeners.append(("explicit", port))
+        if getattr(self.cfg.listen, "transparent", False):
+            listeners.append(("transparent", self.cfg.listen.transparent_port))
+        for kind, p in listeners:
+            if self.balance == "shared":
+                self.socks[kind] = bind_listener(host, p)
+            else:  # hold the port (not listening) so that every worker binds the same one
+                self.socks[kind] = bind_listener(host, p, reuse_port=True, listen=False)
         if self.cfg.metrics.host_port is not None:
             from .metrics import serve
 
@@ -486,9 +498,9 @@ class Supervisor:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        for sock in self.socks.values():
+            sock.close()
+        self.socks.clear()
         if self._own_multiproc_dir and self.multiproc_dir is not None:
             shutil.rmtree(self.multiproc_dir, ignore_errors=True)
 
