@@ -92,14 +92,18 @@ class Recorder:
             return
         resp.headers["X-Cipa-Request-Id"] = rid
         d = flow.metadata.get("cipa_decision")
-        if d is None or d.action != ALLOW:
+        # A response an earlier addon already streams (a block page that drops the upstream
+        # body, addons/content.py) is recorded now too, whatever the decision.
+        if d is None or (d.action != ALLOW and not resp.stream):
             return
         length = resp.headers.get("content-length", "")
-        if length.isdigit() and int(length) <= STREAM_ABOVE:
+        if not resp.stream and (
+            length.isdigit() and int(length) <= STREAM_ABOVE or flow.metadata.get("cipa_buffer")
+        ):
             return  # buffered: recorded in `response`, before any byte goes to the client
         meta = flow.metadata
         meta["cipa_bytes_out"] = int(length) if length.isdigit() else None
-        resp.stream = True
+        resp.stream = resp.stream or True  # keep a copying tap set by an earlier addon (images)
         self._flow(flow)
         meta["cipa_recorded"] = True
 
@@ -156,6 +160,12 @@ class Recorder:
                 rec["safesearch"] = ss
             if grant := flow.metadata.get("cipa_override"):
                 rec["override"] = grant
+            if (score := flow.metadata.get("cipa_score")) is not None:
+                rec["score"] = score  # page content score (addons/content.py)
+                if phrases := flow.metadata.get("cipa_phrases"):
+                    rec["phrases"] = phrases
+            if image := flow.metadata.get("cipa_image"):
+                rec.update(image)  # image_sha256, image_score, image_verdict: never the image
             self._write(rec)
         except Exception:
             log.exception("cannot record flow")

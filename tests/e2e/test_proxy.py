@@ -248,13 +248,20 @@ def test_a_host_the_engine_finds_malformed_gets_400(proxy: ProxyProcess) -> None
 # ----------------------------------------------------------------------------- audit and metrics
 
 
-def test_every_answered_request_has_exactly_one_audit_record(proxy: ProxyProcess, origin: Origin) -> None:
+def test_every_answered_request_has_exactly_one_audit_record(
+    proxy: ProxyProcess, origin: Origin
+) -> None:
     answers = []
     with client(proxy) as c:
         for i in range(5):
-            for url in (f"http://localhost:{origin.http_port}/n{i}", f"http://{BLOCKED_GAMBLING}/n{i}"):
+            for url in (
+                f"http://localhost:{origin.http_port}/n{i}",
+                f"http://{BLOCKED_GAMBLING}/n{i}",
+            ):
                 r = c.get(url)
-                answers.append((r.status_code, r.headers["x-cipa-request-id"]))  # allowed answers carry it too
+                answers.append(
+                    (r.status_code, r.headers["x-cipa-request-id"])
+                )  # allowed answers carry it too
     assert sorted(status for status, _ in answers) == [200] * 5 + [403] * 5
     for status, rid in answers:
         (rec,) = records_for(proxy, rid)
