@@ -173,8 +173,10 @@ class ContentFilter:
     def _switched_to_stream(self, flow: http.HTTPFlow) -> None:
         """A buffered page passed ``content.max_bytes``: it streams on unscanned; record it first."""
         meta = flow.metadata
-        meta.pop("cipa_scan", None)
-        self.rt.metrics.content_scans.labels(result="too_large").inc()
+        if (
+            meta.pop("cipa_scan", None) is not None
+        ):  # a page we meant to score (not an image held by another addon)
+            self.rt.metrics.content_scans.labels(result="too_large").inc()
         meta["cipa_bytes_out"] = None
         if not meta.get("cipa_recorded"):
             self.rec._flow(flow)
