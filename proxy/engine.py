@@ -34,6 +34,7 @@ from .schedule import active_names
 log = logging.getLogger("cipa.engine")
 
 _CAT_MASK = _MAX_CATEGORIES - 1
+_HITS_CACHE = 65536  # hosts whose domain-index hits are remembered
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 NO_SAFESEARCH = "nosafesearch"  # category of search engines with no enforceable safe mode
@@ -83,6 +84,8 @@ class Engine:
         self._active: tuple[int, frozenset[str]] = (-1, frozenset())
         self._groups: dict[tuple[str, str | None, frozenset[str]], Group] = {}
         self._url_hosts = frozenset(rules.urls)
+        # host -> index hits; bounded, per engine (a reload starts afresh)
+        self._domain_hits: dict[str, tuple] = {}
         self._has_patterns = rules.pattern_set is not None
 
     def _view(self, policy_name: str) -> _PolicyView:
@@ -120,11 +123,14 @@ class Engine:
         return self._active[1]
 
     @classmethod
-    def build(cls, config: Config) -> Engine:
-        """Load the rules named by ``config`` (slow: call it off the event loop)."""
+    def build(cls, config: Config, isolate: bool = False) -> Engine:
+        """Load the rules named by ``config`` (slow: call it off the event loop).
+
+        ``isolate``: compile (when the cached index is stale) in a child process.
+        """
         engine = cls(
             config,
-            load_rules(config.rules_dir),
+            load_rules(config.rules_dir, config.lists.cache_dir, isolate=isolate),
             SafeSearch.load(safesearch_table(config.rules_dir)),
         )
         if config.class_exceptions is not None:
@@ -191,23 +197,21 @@ class Engine:
                 return best
 
         # 2. Domains: the longest suffix with a category the policy names decides.
-        domains = rules.domains
-        s = host
-        while True:
-            hit = domains.get(s)
-            if hit is not None:
-                for ref in hit if isinstance(hit, tuple) else (hit,):
-                    action = actions[ref & _CAT_MASK]
-                    if action is not None and (best is None or action == ALLOW):
-                        best = Match(_DOMAIN, s.count(".") + 1, action, ref)
-                if best is not None:
-                    return best
-            if ip:
-                break
-            dot = s.find(".")
-            if dot < 0:
-                break
-            s = s[dot + 1 :]
+        #    One prefix search in the compact index (index.py) finds every entry covering
+        #    the host; hosts repeat, so the answer is remembered per host.
+        hits = self._domain_hits.get(host)
+        if hits is None:
+            hits = rules.domains.hits(host, ip)
+            if len(self._domain_hits) >= _HITS_CACHE:
+                self._domain_hits.clear()
+            self._domain_hits[host] = hits
+        for labels, refs in hits:
+            for ref in refs:
+                action = actions[ref & _CAT_MASK]
+                if action is not None and (best is None or action == ALLOW):
+                    best = Match(_DOMAIN, labels, action, ref)
+            if best is not None:
+                return best
 
         # 3. Patterns on the canonical URL text.
         if self._has_patterns:
