@@ -197,7 +197,8 @@ class ContentFilter:
             if not rules.active:
                 return
             r = flow.request
-            hit = rules.check_request(r.pretty_host, r.path, r.headers.get("sec-fetch-dest", ""))
+            host = flow.metadata.get("cipa_host") or r.pretty_host
+            hit = rules.check_request(host, r.path, r.headers.get("sec-fetch-dest", ""))
             if hit is not None:
                 self._block_download(flow, d, policy, hit)
         except Exception:

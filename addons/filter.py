@@ -177,7 +177,7 @@ class Filter:
         if rw.cookie:
             r.headers["cookie"] = force_cookie(r.headers.get("cookie", ""), *rw.cookie)
         flow.metadata["cipa_safesearch"] = target.engine
-        self.rt.metrics.safesearch.labels(engine=target.engine, mode="rewrite").inc()
+        self.rt.metrics.counter("safesearch", engine=target.engine, mode="rewrite").inc()
 
     def _refuse_connect(
         self, flow: http.HTTPFlow, d: Decision, status: int, rid: str, kind: str | None = None
@@ -192,9 +192,9 @@ class Filter:
                 "Cache-Control": "no-store",
             },
         )
-        self.rt.metrics.tls.labels(mode="refused").inc()
+        self.rt.metrics.counter("tls", mode="refused").inc()
         if kind:
-            self.rt.metrics.bypass.labels(kind=kind).inc()
+            self.rt.metrics.counter("bypass", kind=kind).inc()
         self.rec.connect(flow, d, rid, status, tls_mode="refused")
 
     # ------------------------------------------------------------------ CONNECT
@@ -265,7 +265,7 @@ class Filter:
                 d = self._decide(engine, req)
                 if d.blocked:
                     if d.bypass:
-                        self.rt.metrics.bypass.labels(kind=d.bypass).inc()
+                        self.rt.metrics.counter("bypass", kind=d.bypass).inc()
                     t.decision = d
                     t.intercept = self._may_intercept(d)
                     t.route = t.safesearch = None
@@ -273,7 +273,7 @@ class Filter:
                 t.kill = True  # no decryption allowed: cut the tunnel at server_connect
             data.ignore_connection = not t.intercept
             mode = "intercepted" if t.intercept else ("refused" if t.kill else "passthrough")
-            self.rt.metrics.tls.labels(mode=mode).inc()
+            self.rt.metrics.counter("tls", mode=mode).inc()
             if not t.intercept:
                 self.rec.tunnel(client, t, sni, mode)
         except Exception:
@@ -313,7 +313,7 @@ class Filter:
         else:  # nothing to show a block page for (no name for a certificate): pass or cut
             t.decision = replace(d, reason=f"no server name (SNI) in the TLS handshake: {d.reason}")
             if d.blocked:
-                self.rt.metrics.bypass.labels(kind="no_sni").inc()
+                self.rt.metrics.counter("bypass", kind="no_sni").inc()
         self.tunnels[client.id] = t
         return t
 
@@ -334,7 +334,7 @@ class Filter:
             d = replace(d, reason=f"neither HTTP nor TLS on port {port}: {d.reason}")
             t = Tunnel(ip, port, d, False, rid, time.time(), client=req.client, kill=d.blocked)
             if d.blocked:
-                self.rt.metrics.bypass.labels(kind="not_http_tls").inc()
+                self.rt.metrics.counter("bypass", kind="not_http_tls").inc()
         except Exception:
             log.exception("filter error in tcp_start (request %s); closing the connection", rid)
             self.rt.metrics.filter_errors.inc()
@@ -366,23 +366,27 @@ class Filter:
             )
             client.error = "connect through the gateway, not to the transparent port"
 
-    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+    def server_connect(self, data: server_hooks.ServerConnectionHookData):  # type: ignore[no-untyped-def]
+        """Cut blocked tunnels; route SafeSearch ones (a coroutine only then: name resolution)."""
         t = self.tunnels.get(data.client.id)
         if t is None:
-            return
+            return None
         if t.kill:
             data.server.error = "blocked by cipa-proxy"
-            return
-        if t.route:
-            try:
-                port = data.server.address[1] if data.server.address else 443
-                data.server.address = await self._resolver_now().resolve(t.route, port)
-                self.rt.metrics.safesearch.labels(engine=t.safesearch, mode="route").inc()
-            except Exception as exc:  # fail closed: never fall back to the unrestricted address
-                log.error("cannot route %s to SafeSearch address %s: %s", t.host, t.route, exc)
-                data.server.error = f"SafeSearch address {t.route} unavailable"
+        elif t.route:
+            return self._route(data, t)
         elif t.connect and data.server.address:
             data.server.address = (t.connect, data.server.address[1])
+        return None
+
+    async def _route(self, data: server_hooks.ServerConnectionHookData, t: Tunnel) -> None:
+        try:
+            port = data.server.address[1] if data.server.address else 443
+            data.server.address = await self._resolver_now().resolve(t.route, port)
+            self.rt.metrics.counter("safesearch", engine=t.safesearch, mode="route").inc()
+        except Exception as exc:  # fail closed: never fall back to the unrestricted address
+            log.error("cannot route %s to SafeSearch address %s: %s", t.host, t.route, exc)
+            data.server.error = f"SafeSearch address {t.route} unavailable"
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.tunnels.pop(client.id, None)
@@ -411,6 +415,9 @@ class Filter:
                 # r.host is the address the client connected to; the site is the name it asked
                 # for: the SNI (what the tunnel was decided on), else the Host header.
                 host = flow.client_conn.sni or host_header or r.host
+            flow.metadata["cipa_host"] = (
+                host_header or host
+            )  # for the record: the name the client used
             req = Request(
                 host=host,
                 path=r.path,
@@ -442,7 +449,7 @@ class Filter:
                         if d.bypass == "sni_mismatch" and not flow.client_conn.sni
                         else d.bypass
                     )
-                    self.rt.metrics.bypass.labels(kind=kind).inc()
+                    self.rt.metrics.counter("bypass", kind=kind).inc()
                 self._block(flow, d, rid, 400 if d.category == "malformed" else 403)
         except Exception:
             log.exception("filter error in request %s; blocking", rid)

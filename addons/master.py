@@ -38,7 +38,7 @@ from .filter import Filter
 from .images import ImageScan
 from .onboarding import Onboarding
 from .override import Override
-from .record import MITM_SERVER_LOGGER, ProtocolErrorAudit, Recorder
+from .record import ProtocolErrorAudit, Recorder
 from .runtime import Runtime
 from .who import Who
 from .workers import from_env as _worker_from_env
@@ -112,7 +112,7 @@ class CipaMaster(master.Master):
         override = Override(rt, recorder)
         self.images = ImageScan(rt, recorder)
         self._protocol_errors = ProtocolErrorAudit(recorder)
-        logging.getLogger(MITM_SERVER_LOGGER).addHandler(self._protocol_errors)
+        self._protocol_errors.install()
         flt = Filter(rt, recorder, override)
         self.addons.add(
             core.Core(),
@@ -131,7 +131,7 @@ class CipaMaster(master.Master):
 
     async def done(self) -> None:
         await self.addons.trigger_event(hooks.DoneHook())
-        logging.getLogger(MITM_SERVER_LOGGER).removeHandler(self._protocol_errors)
+        self._protocol_errors.uninstall()
 
 
 def _modes(cfg: Config) -> list[str]:
@@ -165,8 +165,6 @@ def mitm_options(cfg: Config) -> dict:
 
 def _setup_logging(cfg: Config) -> None:
     logs.setup(cfg.log.format, cfg.log.level)
-    # INFO on this logger carries "could not parse this request": audited by ProtocolErrorAudit.
-    logging.getLogger(MITM_SERVER_LOGGER).setLevel(logging.INFO)
 
 
 def _say(line: str) -> None:

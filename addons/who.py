@@ -59,10 +59,13 @@ class Who:
     def client_disconnected(self, client: connection.Client) -> None:
         self.by_conn.pop(client.id, None)
 
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
-        await self._identify(flow)
+    # Hooks return a coroutine only when a password must really be checked (a cache miss):
+    # every other request stays synchronous, which mitmproxy dispatches more cheaply.
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def http_connect(self, flow: http.HTTPFlow):  # type: ignore[no-untyped-def]
+        return self._identify(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow):  # type: ignore[no-untyped-def]
         known = self.by_conn.get(flow.client_conn.id)
         if (
             known is not None
@@ -71,8 +74,8 @@ class Who:
         ):
             # a request inside a decrypted tunnel: the CONNECT already said who this is
             self._mark(flow, *known)
-            return
-        await self._identify(flow)
+            return None
+        return self._identify(flow)
 
     def _mark(self, flow: http.HTTPFlow, client: str, identity: Identity | None) -> None:
         flow.metadata["cipa_client"] = client
@@ -80,7 +83,7 @@ class Who:
             flow.metadata["cipa_user"] = identity.user
             flow.metadata["cipa_member_of"] = identity.groups
 
-    async def _identify(self, flow: http.HTTPFlow) -> None:
+    def _identify(self, flow: http.HTTPFlow):  # type: ignore[no-untyped-def]
         try:
             cfg = self.rt.config
             peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
@@ -92,22 +95,39 @@ class Who:
             auth = self.rt.authenticator()
             identity = None
             if auth is not None:
-                required = _in(client, cfg.auth.required_for)
                 if creds is None:
-                    if required:
+                    if _in(client, cfg.auth.required_for):
                         return self._challenge(flow, cfg, "sign in to use the Internet")
                 else:
                     hit, identity = auth.cached(*creds)
                     if not hit:
-                        identity = await asyncio.to_thread(auth.check, *creds)
+                        return self._verify(flow, client, auth, creds)
                     if identity is None:
-                        self.rt.metrics.auth_failures.inc()
-                        return self._challenge(flow, cfg, "user name or password not accepted")
-            self._mark(flow, client, identity)
-            self.by_conn[flow.client_conn.id] = (client, identity)
+                        return self._refused(flow, cfg)
+            self._accept(flow, client, identity)
         except Exception:
             log.exception("identity check failed; refusing the request")
             self._challenge(flow, self.rt.config, "sign-in is unavailable right now")
+        return None
+
+    async def _verify(self, flow: http.HTTPFlow, client: str, auth, creds: tuple[str, str]) -> None:  # type: ignore[no-untyped-def]
+        """The slow path: bcrypt or an LDAP bind, in a worker thread."""
+        try:
+            identity = await asyncio.to_thread(auth.check, *creds)
+            if identity is None:
+                return self._refused(flow, self.rt.config)
+            self._accept(flow, client, identity)
+        except Exception:
+            log.exception("identity check failed; refusing the request")
+            self._challenge(flow, self.rt.config, "sign-in is unavailable right now")
+
+    def _accept(self, flow: http.HTTPFlow, client: str, identity: Identity | None) -> None:
+        self._mark(flow, client, identity)
+        self.by_conn[flow.client_conn.id] = (client, identity)
+
+    def _refused(self, flow: http.HTTPFlow, cfg: Config) -> None:
+        self.rt.metrics.auth_failures.inc()
+        self._challenge(flow, cfg, "user name or password not accepted")
 
     def _challenge(self, flow: http.HTTPFlow, cfg: Config, why: str) -> None:
         """407, and an audit record of the refusal (without the credentials, which were never kept)."""

@@ -31,6 +31,7 @@ class Metrics:
     """All of cipa-proxy's metrics in one registry (one per process; tests make their own)."""
 
     def __init__(self) -> None:
+        self._children: dict[tuple, object] = {}
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -202,6 +203,15 @@ class Metrics:
             self.content_scans.labels(result=result)
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
+
+    def counter(self, name: str, **labels: str):  # type: ignore[no-untyped-def]
+        """``getattr(self, name).labels(**labels)``, cached: ``labels()`` costs microseconds per
+        call and runs several times per request."""
+        key = (name, *labels.values())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = getattr(self, name).labels(**labels)
+        return child
 
     def set_rules(self, entries: dict[str, int], loaded_at: float) -> None:
         for category, count in entries.items():

@@ -306,7 +306,10 @@ class Supervisor:
             for kind, key in (("explicit", "port"), ("transparent", "transparent_port")):
                 if kind in self.socks:
                     sets.append(f"listen.{key}={self.socks[kind].getsockname()[1]}")
-        cmd = [sys.executable, "-m", "proxy", "run", "--config", str(self.config_path)]
+        optimize = (
+            ["-O"] if sys.flags.optimize else []
+        )  # workers run as the supervisor does (cli._optimized_reexec)
+        cmd = [sys.executable, *optimize, "-m", "proxy", "run", "--config", str(self.config_path)]
         for s in sets:
             cmd += ["--set", s]
         return cmd
