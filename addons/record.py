@@ -35,8 +35,14 @@ def flow_client(flow: http.HTTPFlow) -> str:
     )
 
 
+_second: list = [-1, ""]  # the formatted second last used: most records share it
+
+
 def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+    sec = int(ts)
+    if sec != _second[0]:
+        _second[:] = [sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))]
+    return f"{_second[1]}.{int(ts * 1000) % 1000:03d}Z"
 
 
 class Recorder:

