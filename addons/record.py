@@ -167,6 +167,10 @@ class Recorder:
                 rec["safesearch"] = ss
             if grant := flow.metadata.get("cipa_override"):
                 rec["override"] = grant
+            if d.action != ALLOW and self.rt.config.audit.log_search_terms and "q=" in r.path:
+                terms = r.query.get("q")
+                if terms:
+                    rec["search_terms"] = terms[:200]
             if (score := flow.metadata.get("cipa_score")) is not None:
                 rec["score"] = score  # page content score (addons/content.py)
                 if phrases := flow.metadata.get("cipa_phrases"):

@@ -90,6 +90,7 @@ class AuditConfig:
     pseudonymize: bool = False
     pseudonym_key_file: Path | None = None
     redact_query: bool = False
+    log_search_terms: bool = False  # record q= of blocked searches (off: search terms are personal)
 
 
 @dataclass(frozen=True)
@@ -494,6 +495,7 @@ def _parse(loc: Located, base: Path) -> Config:
         pseudonymize=r.get(am, ak, "pseudonymize", r.bool_, False),
         pseudonym_key_file=r.get(am, ak, "pseudonym_key_file", r.path_, None),
         redact_query=r.get(am, ak, "redact_query", r.bool_, False),
+        log_search_terms=r.get(am, ak, "log_search_terms", r.bool_, False),
     )
     try:
         import zoneinfo

@@ -159,19 +159,35 @@ def logo_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+STAFF_USER, STAFF_PASSWORD = "tess", "correct horse battery"
+
+
 @pytest.fixture(scope="session")
 def site_proxy(
     tmp_path_factory: pytest.TempPathFactory, fake_internet: Internet, logo_file: Path
 ) -> Iterator[ProxyProcess]:
-    """cipa-proxy in selective mode, chained to the fake internet, with a review address and a logo."""
+    """cipa-proxy in selective mode, chained to the fake internet, with a review address, a logo,
+    and optional sign-in (htpasswd) so a staff member can use the override page."""
+    import bcrypt
+
+    root = tmp_path_factory.mktemp("browser-proxy")
+    users = root / "users.htpasswd"
+    users.write_text(
+        f"{STAFF_USER}:{bcrypt.hashpw(STAFF_PASSWORD.encode(), bcrypt.gensalt(rounds=6)).decode()}\n"
+    )
     p = ProxyProcess.start(
-        tmp_path_factory.mktemp("browser-proxy"),
+        root / "proxy",
         {
             "upstream": f"http://127.0.0.1:{fake_internet.port}",
             "tls.upstream_ca": str(fake_internet.ca),
             "district.name": DISTRICT,
             "district.review_email": REVIEW_EMAIL,
             "district.logo": str(logo_file),
+            "auth": {"backend": "htpasswd", "htpasswd": str(users)},
+            "groups": [
+                {"name": "staff", "users": [STAFF_USER], "policy": "staff"},
+                {"name": "students", "policy": "students"},
+            ],
         },
     )
     yield p

@@ -136,3 +136,32 @@ def test_safesearch_off_groups_are_untouched(tmp_path: Path, internet: Internet)
         assert metric(p, "cipa_safesearch_enforced_total") == 0
     finally:
         p.stop()
+
+
+def test_search_terms_of_blocked_searches_are_recorded_only_when_asked(
+    tmp_path: Path, internet: Internet
+) -> None:
+    for enabled in (True, False):
+        p = ProxyProcess.start(
+            tmp_path / f"proxy-{enabled}",
+            {"audit.log_search_terms": enabled, "upstream": f"http://127.0.0.1:{internet.port}"},
+        )
+        try:
+            with httpx.Client(proxy=p.url, timeout=10) as c:
+                assert (
+                    c.get(
+                        "http://search.brave.com/search?q=how+to+get+around+the+filter"
+                    ).status_code
+                    == 403
+                )
+                assert c.get("http://www.example.com/?q=allowed+search").status_code == 200
+            recs = [
+                r
+                for r in p.audit_records()
+                if r.get("host") in ("search.brave.com", "www.example.com")
+            ]
+            terms = {r["host"]: r.get("search_terms") for r in recs}
+            expected = "how to get around the filter" if enabled else None
+            assert terms == {"search.brave.com": expected, "www.example.com": None}
+        finally:
+            p.stop()
