@@ -302,6 +302,20 @@ class ProxyProcess:
         return [r for r in records if r.get("type") != "header"]
 
 
+def metric(p: ProxyProcess, name: str, **labels: str) -> float:
+    """The sum of the samples ``name{labels}`` scraped from the proxy's /metrics right now."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{p.metrics_port}/metrics", timeout=5).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
 # ----------------------------------------------------------------------------- raw TLS client
 
 

@@ -31,9 +31,8 @@ import httpx
 import pytest
 import yaml
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import BIN, ROOT, ProxyProcess, _wait_for_lines
+from .harness import BIN, ROOT, ProxyProcess, _wait_for_lines, metric
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import imagegen  # noqa: E402
@@ -135,16 +134,6 @@ def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
-
-
-def metric(p: ProxyProcess, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{p.metrics_port}/metrics", timeout=5).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def records(p: ProxyProcess, **match: object) -> list[dict]:

@@ -11,9 +11,8 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import Internet, Origin, ProxyProcess, issuer_cn, tls_through_proxy
+from .harness import Internet, Origin, ProxyProcess, issuer_cn, metric, tls_through_proxy
 
 BLOCKED_GAMBLING = "www.bet365.com"  # rules/lists/ut1/gambling/domains
 HTML = {"Accept": "text/html"}
@@ -21,16 +20,6 @@ HTML = {"Accept": "text/html"}
 
 def client(p: ProxyProcess, **kw) -> httpx.Client:
     return httpx.Client(proxy=p.url, timeout=10, **kw)
-
-
-def metric(p: ProxyProcess, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{p.metrics_port}/metrics", timeout=5).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def records_for(p: ProxyProcess, rid: str, wait: float = 2.0) -> list[dict]:
