@@ -124,7 +124,7 @@ class ContentFilter:
         policy = self.rt.config.policies.get(d.policy)
         engine = self.rt.engine
         if policy is not None and policy.during and engine is not None:
-            policy = engine._view(d.policy).policy
+            policy = engine.policy_now(d.policy)
         return policy
 
     def _download_rules(self, policy: Policy) -> Rules:

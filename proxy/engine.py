@@ -114,6 +114,10 @@ class Engine:
             view = self._views[key] = _PolicyView(policy, tuple(actions))
         return view
 
+    def policy_now(self, name: str) -> Policy:
+        """The named policy with the changes of the schedules active now applied."""
+        return self._view(name).policy
+
     def active_schedules(self) -> frozenset[str]:
         """Names of the schedules in force now, recomputed once a minute."""
         now = self.clock()
