@@ -44,6 +44,7 @@ class Tunnel:
     client: str = ""
     kill: bool = False
     route: str | None = None  # SafeSearch address to connect to instead of the host
+    tls_seen: bool = False  # a ClientHello came through (else the tunnel carries something else)
     safesearch: str | None = None  # the engine whose SafeSearch is enforced by routing
     connect: str | None = None  # transparent: the name connected to, not the client's address
 
@@ -271,6 +272,7 @@ class Filter:
                     t.route = t.safesearch = None
             if t.decision.blocked and not t.intercept:
                 t.kill = True  # no decryption allowed: cut the tunnel at server_connect
+            t.tls_seen = True
             data.ignore_connection = not t.intercept
             mode = "intercepted" if t.intercept else ("refused" if t.kill else "passthrough")
             self.rt.metrics.counter("tls", mode=mode).inc()
@@ -318,11 +320,17 @@ class Filter:
         return t
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        """Bytes that are neither TLS nor HTTP on a redirected connection: only the destination
-        address is known, so it is decided as a site addressed by IP number."""
+        """Bytes that are neither TLS nor HTTP. In a CONNECT tunnel: a raw tunnel (SSH, a VPN on
+        443), see ``_raw_tunnel``. On a redirected connection: only the destination address is
+        known, so it is decided as a site addressed by IP number."""
         client = flow.client_conn
-        if not _transparent(client) or client.id in self.tunnels:
+        known = self.tunnels.get(client.id)
+        if known is not None:
+            if not known.tls_seen and not _transparent(client):
+                self._raw_tunnel(flow, known)
             return  # a CONNECT or a ClientHello already decided this connection
+        if not _transparent(client):
+            return
         rid = new_request_id()
         try:
             engine = self.rt.engine
@@ -342,6 +350,25 @@ class Filter:
             t = Tunnel("", 0, d, False, rid, time.time(), kill=True)
         self.tunnels[client.id] = t
         self.rec.tunnel(client, t, None, "refused" if t.kill else "passthrough")
+
+    def _raw_tunnel(self, flow: tcp.TCPFlow, t: Tunnel) -> None:
+        """A CONNECT tunnel whose first bytes are neither TLS nor HTTP (SSH, OpenVPN, a raw
+        protocol on 443): blocked unless the group's policy says ``raw_tunnels: allow``."""
+        try:
+            policy = self.rt.config.policies.get(t.decision.policy)
+            if policy is not None and policy.raw_tunnels == "allow" and not t.decision.blocked:
+                return
+            t.decision = replace(
+                t.decision, action=BLOCK, category="raw_tunnel",
+                reason=f"the tunnel to {t.host}:{t.port} carries neither TLS nor HTTP", bypass="raw_tunnel",
+            )  # fmt: skip
+        except Exception:
+            log.exception("filter error deciding a raw tunnel; closing it")
+            self.rt.metrics.filter_errors.inc()
+        t.kill = True
+        flow.kill()
+        self.rt.metrics.counter("bypass", kind="raw_tunnel").inc()
+        self.rec.tunnel(flow.client_conn, t, None, "refused")
 
     def client_connected(self, client: connection.Client) -> None:
         """Refuse a connection made straight to the transparent port (not redirected): its

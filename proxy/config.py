@@ -214,6 +214,9 @@ class Policy:
     default: str = "allow"  # allow | block (walled garden)
     safesearch: str = "strict"  # strict | moderate | off
     ip_literals: str = "block"  # block | allow
+    raw_tunnels: str = (
+        "block"  # a CONNECT tunnel carrying neither TLS nor HTTP (SSH, VPNs): block | allow
+    )
     downloads: Downloads = Downloads()
     override: bool = False
     source: str = ""  # "config.yaml:40", for explanations
@@ -613,6 +616,7 @@ def _parse(loc: Located, base: Path) -> Config:
         "default",
         "safesearch",
         "ip_literals",
+        "raw_tunnels",
         "downloads",
         "override",
         "during",
@@ -655,6 +659,7 @@ def _parse(loc: Located, base: Path) -> Config:
             default=r.get(p, pk, "default", r.choice("allow", "block"), "allow"),
             safesearch=r.get(p, pk, "safesearch", r.choice("strict", "moderate", "off"), "strict"),
             ip_literals=r.get(p, pk, "ip_literals", r.choice("block", "allow"), "block"),
+            raw_tunnels=r.get(p, pk, "raw_tunnels", r.choice("block", "allow"), "block"),
             downloads=downloads,
             override=r.get(p, pk, "override", r.bool_, False),
             content_threshold=r.get(p, pk, "content_threshold", r.int_, 0),

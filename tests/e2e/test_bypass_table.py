@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -260,6 +261,28 @@ def test_tunnel_attempt_is_blocked(
     except OSError:  # ssl.SSLError, reset, EOF: the proxy cut the tunnel
         return
     assert status in (400, 403), (status, body[:200])
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"\x00\x0e\x38\x12\x34\x56\x78\x9a\xbc\xde\xf0\x00\x00\x00\x00\x00",
+    ],
+    ids=["ssh", "openvpn"],
+)
+def test_tunnel_carrying_neither_tls_nor_http_is_cut(
+    filtered: ProxyProcess, first_bytes: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", filtered.port), timeout=10) as s:
+        s.sendall(b"CONNECT www.example.org:443 HTTP/1.1\r\nHost: www.example.org:443\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")  # an allowed host: the tunnel opens ...
+        s.sendall(first_bytes)
+        assert s.recv(4096) == b""  # ... and is cut when it turns out not to be TLS
+    deadline = time.monotonic() + 3
+    while not any(r.get("category") == "raw_tunnel" for r in filtered.audit_records()):
+        assert time.monotonic() < deadline, "no audit record for the raw tunnel"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(("name", "raw"), BENIGN_HTTP, ids=[n for n, _ in BENIGN_HTTP])
