@@ -17,7 +17,7 @@ import logging
 
 from mitmproxy import connection, http
 
-from proxy.config import Config
+from proxy.config import Config, in_networks
 from proxy.identity import Identity, parse_basic
 from proxy.model import BLOCK, Decision
 
@@ -27,22 +27,12 @@ from .runtime import Runtime, new_request_id
 log = logging.getLogger("cipa.who")
 
 
-def _in(addr: str, nets: tuple) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return any(ip in n for n in nets if n.version == ip.version)
-
-
 def real_client(peer: str, xff: str | None, trusted: tuple) -> str:
     """The client address: the right-most X-Forwarded-For hop not itself a trusted proxy."""
-    if not xff or not trusted or not _in(peer, trusted):
+    if not xff or not trusted or not in_networks(peer, trusted):
         return peer
     for hop in reversed([h.strip() for h in xff.split(",") if h.strip()]):
-        if not _in(hop, trusted):
+        if not in_networks(hop, trusted):
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:
@@ -96,7 +86,7 @@ class Who:
             identity = None
             if auth is not None:
                 if creds is None:
-                    if _in(client, cfg.auth.required_for):
+                    if in_networks(client, cfg.auth.required_for):
                         return self._challenge(flow, cfg, "sign in to use the Internet")
                 else:
                     hit, identity = auth.cached(*creds)

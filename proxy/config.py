@@ -282,13 +282,24 @@ class Config:
     )
 
     def client_allowed(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.clients if net.version == addr.version)
+        return in_networks(ip, self.clients)
+
+
+def client_address(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client address as groups and ranges see it: zone id dropped, IPv4-mapped IPv6 as IPv4
+    (dual-stack listeners report IPv4 clients as ``::ffff:a.b.c.d``); None when not an address."""
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    return ip
+
+
+def in_networks(addr: str, nets: Iterable[Network]) -> bool:
+    ip = client_address(addr)
+    return ip is not None and any(ip in n for n in nets if n.version == ip.version)
 
 
 # --------------------------------------------------------------------------- validation

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from . import exceptions as class_exceptions
 from . import wrapped
 from .canonical import Malformed, canonical_host, canonical_path, canonical_url, is_ip_literal
-from .config import Config, Group, Policy
+from .config import Config, Group, Policy, client_address
 from .domains import registered_domain
 from .model import ALLOW, BLOCK, Decision, Request
 from .rules import _MAX_CATEGORIES, RuleSet, load_rules
@@ -151,12 +151,7 @@ class Engine:
         group = self._groups.get(key)
         if group is not None:
             return group
-        try:
-            ip = ipaddress.ip_address(client.split("%", 1)[0]) if client else None
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-                ip = ip.ipv4_mapped
-        except ValueError:
-            ip = None
+        ip = client_address(client) if client else None
         groups = self.config.groups
         group = next((g for g in groups if g.matches(ip, user, member_of)), groups[-1])
         if len(self._groups) > 65536:
