@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from common import make_cert  # bench/common.py: the script's own folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -97,41 +98,6 @@ async def _origin_main(http_port: int, https_port: int, cert: str, key: str) -> 
     ]
     print("origin ready", flush=True)
     await asyncio.gather(*(s.serve_forever() for s in servers))
-
-
-def _make_cert(directory: Path) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cpath, kpath = directory / "origin.pem", directory / "origin.key"
-    cpath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    kpath.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cpath, kpath
 
 
 # ----------------------------------------------------------------------------- processes
@@ -235,7 +201,7 @@ class Bench:
     def __init__(self, work: Path, args: argparse.Namespace) -> None:
         self.work = work
         self.args = args
-        self.cert, self.key = _make_cert(work)
+        self.cert, self.key, _ = make_cert(work)  # bench/common.py (hey does not verify it)
         self.http_port, self.https_port = free_port(), free_port()
         self.origin = subprocess.Popen(
             [sys.executable, __file__, "origin", str(self.http_port), str(self.https_port),
