@@ -307,12 +307,14 @@ class ContentFilter:
             m.content_scans.labels(result="too_large").inc()
             return
         start = time.perf_counter()
+        cats = policy.block & phrases.categories
         try:
-            text = content.page_text(
+            score = phrases.score_body(
                 raw,
                 resp.headers.get("content-type"),
                 resp.headers.get("content-encoding"),
                 cfg.max_decoded_bytes,
+                cats,
             )
         except content.ContentError as exc:
             m.content_scans.labels(result="error").inc()
@@ -323,8 +325,6 @@ class ContentFilter:
             )  # fmt: skip
             self.flt._block(flow, unreadable, meta.get("cipa_id", ""), 403)
             return
-        cats = policy.block & phrases.categories
-        score = phrases.score_normalized(text, cats)
         category, total = score.worst(cats)
         m.content_seconds.observe(time.perf_counter() - start)
         m.content_bytes.inc(len(raw))

@@ -37,10 +37,11 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ahocorasick
 
+from . import fastscan
 from .yamlpos import InputError, Key, Located, Problem, load_yaml_file
 
 # --------------------------------------------------------------------------- text
@@ -309,6 +310,17 @@ def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
     return data[:limit]
 
 
+def utf8_body(
+    raw: bytes, content_type: str | None, content_encoding: str | None, limit: int, kind: str
+) -> bytes:
+    """The body decoded (Content-Encoding) and in UTF-8 (charset), markup still in."""
+    body = decode_body(raw, content_encoding, limit)
+    cs = charset_of(content_type, body, kind)
+    if cs not in _UTF8:
+        body = body.decode(cs, errors="replace").encode("utf-8")
+    return body
+
+
 def text_bytes(
     raw: bytes,
     content_type: str | None,
@@ -317,10 +329,7 @@ def text_bytes(
 ) -> bytes:
     """The visible text of a response body as UTF-8: decoded, charset applied, markup stripped."""
     kind = content_kind(content_type) or "text"
-    body = decode_body(raw, content_encoding, limit)
-    cs = charset_of(content_type, body, kind)
-    if cs not in _UTF8:
-        body = body.decode(cs, errors="replace").encode("utf-8")
+    body = utf8_body(raw, content_type, content_encoding, limit, kind)
     if kind == "html":
         return html_to_text_bytes(body)
     if kind == "json":
@@ -368,8 +377,7 @@ class Combination:
     source: str
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     phrase: str
     weight: int
 
@@ -423,6 +431,16 @@ class PhraseSet:
             for key in keys:
                 self._auto.add_word(key, i)
         self._keys = ids
+        # Per phrase id, its (category, Hit) pairs that carry a weight: built once, shared by scores.
+        self._weighted = [
+            tuple((p.category, Hit(p.text, p.weight)) for p in entries if p.weight)
+            for entries in self._entries
+        ]
+        self._fast = (
+            fastscan.Scanner((k, i) for k, i in self._auto.items())
+            if ids and fastscan.available()
+            else None
+        )
         self._combos = [(tuple(ids[k] for k in c.parts), c) for c in combos]
         self._combo_keys = {i for parts, _ in self._combos for i in parts}
         if ids:
@@ -439,17 +457,43 @@ class PhraseSet:
         return found
 
     def score_normalized(self, normalized: str, categories: Iterable[str] | None = None) -> Score:
+        return self._score_found(self.matches(normalized), categories)
+
+    def score_body(
+        self,
+        raw: bytes,
+        content_type: str | None,
+        content_encoding: str | None = None,
+        limit: int = 4 << 20,
+        categories: Iterable[str] | None = None,
+    ) -> Score:
+        """Score a response body as served. HTML and plain text are searched as they are by the
+        Hyperscan scanner (``proxy/fastscan.py``) where it is available; JSON, pages it hands
+        back, and platforms without it take the reference pipeline (``page_text``)."""
+        kind = content_kind(content_type) or "text"
+        if self._fast is not None and kind != "json":
+            body = utf8_body(raw, content_type, content_encoding, limit, kind)
+            found = self._fast.scan(body, markup=kind == "html")
+            if found is not None:
+                return self._score_found(found, categories)
+            text = normalize_bytes(html_to_text_bytes(body) if kind == "html" else body)
+        else:
+            text = page_text(raw, content_type, content_encoding, limit)
+        return self._score_found(self.matches(text), categories)
+
+    def _score_found(self, found: set[int], categories: Iterable[str] | None) -> Score:
         cats = None if categories is None else frozenset(categories)
-        found = self.matches(normalized)
         totals: dict[str, int] = {}
         hits: dict[str, list[Hit]] = {}
+        weighted = self._weighted
         for i in found:
-            for p in self._entries[i]:
-                if cats is not None and p.category not in cats:
-                    continue
-                if p.weight:
-                    totals[p.category] = totals.get(p.category, 0) + p.weight
-                    hits.setdefault(p.category, []).append(Hit(p.text, p.weight))
+            for cat, hit in weighted[i]:
+                if cats is None or cat in cats:
+                    totals[cat] = totals.get(cat, 0) + hit.weight
+                    if cat in hits:
+                        hits[cat].append(hit)
+                    else:
+                        hits[cat] = [hit]
         if found & self._combo_keys:
             for parts, c in self._combos:
                 if (cats is None or c.category in cats) and all(i in found for i in parts):

@@ -1,0 +1,278 @@
+"""Phrase search straight on a page's HTML bytes (Hyperscan), without extracting the text first.
+
+Why: the reference pipeline in ``proxy/content.py`` (strip scripts and tags,
+decode entities, normalize, then the Aho–Corasick scan) costs ~14 µs per KB in
+Python, because every tag is one regex match handled by the interpreter. A
+50 KB page then costs more than proxying it. Here every phrase becomes one
+Hyperscan pattern that tolerates what lies between words on a raw page
+(punctuation, ``&nbsp;``, bare ``<b>``/``<a>`` tags), all compiled into one
+SIMD automaton that reads the page once in C (~1.3 µs per KB). Python only
+looks at the first hit of each phrase:
+
+- a hit inside ``<script>``, ``<style>``, ``<template>``, ``<svg>`` or a
+  comment, or inside a tag (``href="/casino/"``), does not count, except in
+  ``alt=`` text and ``<meta name=description|keywords>`` (the reference
+  pipeline reads those too). When a phrase's first hit is hidden, the page is
+  scanned again with those parts blanked out, up to ``RESCANS`` times.
+- pages the raw view could read differently from a browser go to the
+  reference pipeline instead (``scan`` returns None): a letter written as an
+  entity (``pornograf&iacute;a``, ``p&#111;rn``) or a formatting tag inside a
+  word (``<b>P</b>orn``). Honest pages rarely do either; evasive ones do.
+
+Known difference from the reference: a phrase whose words are split by a tag
+with attributes (``free <a href=...>porn``) is not found as one phrase (its
+words still count when they are phrases themselves).
+
+Hyperscan runs on x86-64; elsewhere ``available()`` is False and every page
+takes the reference pipeline.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import html
+import re
+import threading
+from collections.abc import Callable, Iterable
+
+try:  # x86-64 wheels only (pyproject marks the dependency); the reference pipeline covers the rest
+    import hyperscan
+except ImportError:  # pragma: no cover - exercised on platforms without a wheel
+    hyperscan = None
+
+RESCANS = 3  # extra passes with hidden hits blanked, before handing the page to the reference
+
+_WORD = rb"a-zA-Z0-9\x80-\xff"  # a word byte, as in proxy.content.normalize_bytes
+# The edges of a phrase and the gaps between its words are single byte classes: one class per
+# position keeps the database small (0.5-2 MB instead of 10 MB with alternations) and the scan
+# fast. Typographic punctuation is multi-byte (nbsp ¡ « · » ¿ in C2 xx; quotes, dashes, ellipsis,
+# bullets, thin spaces in E2 80 xx), so:
+# - before a phrase: a non-word ASCII byte, or the *last* byte of such punctuation (a few Latin-1
+#   letters end in the same byte, e.g. á = C3 A1 like ¡ = C2 A1: "áporn" would count as a word
+#   edge; no real word is written that way);
+_BEFORE = (
+    rb"[^a-zA-Z0-9\x80-\x88\x8a\x8c-\x92\x95-\x97\x9b\x9f\xa3-\xa5\xa7-\xaa\xac-\xae\xb0-\xb6"
+    rb"\xb8-\xba\xbc-\xbe\xc0-\xff]"
+)
+# - after it: a non-word ASCII byte or the lead byte C2/E2 (no letter of ours starts with them);
+_AFTER = rb"[^a-zA-Z0-9\x80-\xc1\xc3-\xe1\xe3-\xff]"
+# - between words: up to 8 of those punctuation bytes, bare formatting or link tags, &nbsp;.
+_GAP_BYTE = (
+    rb"[^a-zA-Z0-9<&\x81-\x88\x8a\x8c-\x92\x95-\x97\x9b\x9f\xa3-\xa5\xa7-\xaa\xac-\xae"
+    rb"\xb0-\xb6\xb8-\xba\xbc-\xbe\xc0\xc1\xc3-\xe1\xe3-\xff]"
+)
+_SEP = _GAP_BYTE + rb"{1,8}"  # EXPERIMENT
+# Pages handed to the reference pipeline: a letter written as an entity ...
+_LETTER_ENTITY = (
+    rb"&(?:[a-zA-Z](?:acute|grave|circ|tilde|uml|ring|cedil|slash|lig)|szlig|eth|thorn"
+    rb"|#[0-9]{2,7}|#[xX][0-9a-fA-F]{2,6});"
+)
+# ... or a formatting tag inside a word ("<b>P</b>orn"): the reference joins the pieces.
+_TAG_IN_WORD = (
+    rb"[" + _WORD + rb"](?:</?(?:b|big|em|font|i|mark|s|small|strike|strong|sub|sup|tt|u|wbr)>)"
+    rb"{1,3}[" + _WORD + rb"]"
+)
+# Where hidden parts begin (the reference pipeline's _INVISIBLE_OPEN, same cases).
+_HIDDEN = (b"<script", b"<SCRIPT", b"<style", b"<STYLE", b"<template", b"<svg", b"<SVG", b"<!--")
+_HIDDEN_LENGTHS = tuple(len(m) for m in _HIDDEN)
+_META = re.compile(
+    rb"""<meta\b[^>]*?\b(?:name|property)\s*=\s*["']?(?:description|keywords|og:title|og:description)""",
+    re.I,
+)
+_WORDCHAR = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+
+
+def available() -> bool:
+    return hyperscan is not None
+
+
+def _word_pattern(word: bytes) -> bytes:
+    """A normalized word as a pattern: ASCII letters match either case (the flag), Latin-1
+    accented lower-case letters also match their capitals (UTF-8 C3 A0..BE -> C3 80..9E)."""
+    out: list[bytes] = []
+    i = 0
+    while i < len(word):
+        b = word[i]
+        nxt = word[i + 1] if i + 1 < len(word) else -1
+        if b < 0x80:
+            out.append(re.escape(bytes((b,))))
+            i += 1
+        elif b == 0xC3 and 0xA0 <= nxt <= 0xBE and nxt != 0xB7:
+            out.append(b"\\xc3[\\x%02x\\x%02x]" % (nxt, nxt - 0x20))
+            i += 2
+        else:
+            out.append(b"\\x%02x" % b)
+            i += 1
+    return b"".join(out)
+
+
+def key_pattern(key: str) -> bytes:
+    """The pattern of an automaton key of ``proxy.content`` (" free porn ", or " porn star" for a
+    word-beginning phrase): the words, separators between them, and a non-word byte on each side."""
+    words = key.strip(" ").encode("latin-1").split(b" ")
+    body = _SEP.join(_word_pattern(w) for w in words)
+    return _BEFORE + body + (_AFTER if key.endswith(" ") else b"")
+
+
+class _Page:
+    """Where text is visible on one page: hidden regions from the marker hits, tags by lookback."""
+
+    def __init__(self, doc: bytes, markers: list[tuple[int, int]]):
+        self.doc = doc
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        n = len(doc)
+        end = 0
+        for start, name_end in sorted(markers):
+            if start < end:
+                continue  # inside a region already
+            opening = doc[start:name_end]
+            if opening == b"<!--":
+                close = doc.find(b"-->", name_end)
+                end = n if close < 0 else close + 3
+            else:
+                if name_end < n and doc[name_end] in _WORDCHAR:
+                    continue  # "<scripts", "<svgfoo": another tag
+                close = doc.find(b"</" + opening[1:], name_end)
+                end = n if close < 0 else (doc.find(b">", close) + 1 or n)
+            self.starts.append(start)
+            self.ends.append(end)
+
+    def hidden(self, pos: int) -> tuple[int, int] | None:
+        """The hidden span around ``pos`` (a script, a comment, a tag), None where a reader sees it."""
+        i = bisect.bisect_right(self.starts, pos) - 1
+        if i >= 0 and pos < self.ends[i]:
+            return self.starts[i], self.ends[i]
+        doc = self.doc
+        lt = doc.rfind(b"<", 0, pos)
+        if lt < 0 or doc.rfind(b">", lt, pos) >= 0:
+            return None  # text
+        gt = doc.find(b">", pos)
+        tag = lt, (len(doc) if gt < 0 else gt + 1)
+        alt = doc.rfind(b"alt=", lt, pos)
+        if alt >= 0 and alt + 4 < pos:
+            quote = doc[alt + 4 : alt + 5]
+            if quote in (b'"', b"'") and doc.find(quote, alt + 5, pos) < 0:
+                return None  # alt text: what the picture shows
+        if doc[lt + 1 : lt + 5].lower() == b"meta" and _META.match(doc, lt, tag[1]):
+            return None  # the page's description and keywords
+        return tag
+
+
+class Scanner:
+    """Every phrase key in one Hyperscan database; ``scan`` returns the phrase ids seen on a page."""
+
+    def __init__(self, keys: Iterable[tuple[str, int]]):
+        keys = list(keys)
+        self._pid = [pid for _, pid in keys]
+        n = len(keys)
+        self._entity_id, self._tag_in_word_id, self._marker0 = n, n + 1, n + 2
+        single = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_CASELESS
+        self.db = _compile(
+            (
+                *[(key_pattern(k), single) for k, _ in keys],
+                (_LETTER_ENTITY, hyperscan.HS_FLAG_CASELESS),
+                (_TAG_IN_WORD, single),
+                *[(re.escape(m), 0) for m in _HIDDEN],  # exact case, like the reference
+            )
+        )
+        self._local = threading.local()  # Hyperscan scratch space is per thread
+
+    def _hits(
+        self, doc: bytes | bytearray
+    ) -> tuple[dict[int, int], list[int], list[tuple[int, int]], bool]:
+        """One pass: the first end offset of every phrase key, the end offsets of letter entities,
+        the (start, end) of every hidden-part marker, and whether a formatting tag sits in a word."""
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = hyperscan.Scratch(self.db)
+        hits: dict[int, int] = {}
+        entities: list[int] = []
+        markers: list[tuple[int, int]] = []
+        tag_in_word = [False]
+        entity_id, marker0, lengths = self._entity_id, self._marker0, _HIDDEN_LENGTHS
+
+        def on_match(i: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
+            if i < entity_id:
+                hits[i] = to
+            elif i >= marker0:
+                markers.append((to - lengths[i - marker0], to))
+            elif i == entity_id:
+                entities.append(to)
+            else:
+                tag_in_word[0] = True
+
+        self.db.scan(doc, match_event_handler=on_match, scratch=scratch)
+        return hits, entities, markers, tag_in_word[0]
+
+    def scan(self, doc: bytes, markup: bool = True) -> set[int] | None:
+        """Phrase ids with at least one visible hit in ``doc`` (UTF-8 HTML when ``markup``, else
+        plain text); None when the page must go to the reference pipeline."""
+        if not markup:
+            return {self._pid[i] for i in self._hits(b" " + doc + b" ")[0]}
+        hits, entities, markers, tag_in_word = self._hits(doc)
+        if not hits and not entities:
+            return set()
+        if tag_in_word:
+            return None
+        page = _Page(doc, markers)
+        for to in entities:
+            amp = doc.rfind(b"&", 0, to)
+            if html.unescape(doc[amp:to].decode("ascii", "replace")).isalnum():
+                if page.hidden(amp) is None:
+                    return None  # a letter written as an entity, in visible text
+        found: set[int] = set()
+        pids = self._pid
+        buf: bytearray | None = None
+        for _ in range(RESCANS + 1):
+            pending: list[int] = []
+            for i, to in hits.items():
+                pid = pids[i]
+                if pid not in found:
+                    if page.hidden(to - 1) is None:
+                        found.add(pid)
+                    else:
+                        pending.append(to)
+            if not pending:
+                return found
+            # A phrase first seen where no reader sees it: blank that part (and, the first time,
+            # every script, style and comment) and look again for its next occurrence.
+            if buf is None:
+                buf = bytearray(doc)
+                for start, end in zip(page.starts, page.ends, strict=True):
+                    buf[start:end] = b" " * (end - start)
+            for to in pending:
+                span = page.hidden(to - 1)
+                if span is not None:
+                    buf[span[0] : span[1]] = b" " * (span[1] - span[0])
+            hits = {i: to for i, to in self._hits(buf)[0].items() if pids[i] not in found}
+        return None
+
+
+# Compiled databases by pattern set: tests and reloads build the same phrase lists again and
+# again, and a compile costs ~0.5 s (it releases the GIL: reloads compile on their own thread).
+_CACHE: dict[bytes, object] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _compile(patterns: Iterable[tuple[bytes, int]]) -> object:
+    """A block-mode database of (pattern, flags); ids are the positions."""
+    patterns = list(patterns)
+    digest = hashlib.sha256(repr(patterns).encode()).digest()  # bytes and ints: repr is exact
+    with _CACHE_LOCK:
+        db = _CACHE.get(digest)
+    if db is not None:
+        return db
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(
+        expressions=[p for p, _ in patterns],
+        ids=list(range(len(patterns))),
+        elements=len(patterns),
+        flags=[hyperscan.HS_FLAG_DOTALL | f for _, f in patterns],
+    )
+    with _CACHE_LOCK:
+        if len(_CACHE) >= 8:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[digest] = db
+    return db
