@@ -239,11 +239,11 @@ class ContentFilter:
                 if int(length) > cap:
                     self.rt.metrics.content_scans.labels(result="too_large").inc()
                 else:
-                    meta["cipa_scan"] = True
+                    meta["cipa_scan"] = policy  # scored in `response` under this policy
                     if int(length) > STREAM_ABOVE:
                         meta["cipa_buffer"] = True  # the recorder must not stream it
             elif self.bounded:
-                meta["cipa_scan"] = True
+                meta["cipa_scan"] = policy
                 meta["cipa_buffer"] = True  # the recorder must not stream it ...
                 meta["cipa_buffer_cap"] = cap  # ... until past the cap: then streams unscanned
             else:
@@ -297,10 +297,10 @@ class ContentFilter:
         if resp is None or resp.stream:
             return
         d: Decision = meta["cipa_decision"]
-        policy = self._policy(d)
+        policy: Policy = meta["cipa_scan"]
         cfg = self.rt.config.content
         phrases = cfg.phrases
-        if policy is None or phrases is None:
+        if phrases is None:
             return
         raw = resp.raw_content or b""
         if len(raw) > cfg.max_bytes:

@@ -240,10 +240,17 @@ def charset_of(content_type: str | None, body: bytes, kind: str) -> str:
     if cs:
         return cs
     if kind == "html":
-        m2 = _META_CHARSET.search(body[:2048])
-        cs = _codec(m2.group(1).decode("ascii", "replace")) if m2 else None
-        if cs:
-            return cs
+        head = body[:2048]
+        at = head.find(b"charset")
+        if at < 0:
+            at = head.lower().find(b"charset")
+        if at >= 0:  # match from the tag around it: a regex search over 2 KB costs more
+            m2 = _META_CHARSET.match(head, max(head.rfind(b"<", 0, at), 0)) or (
+                _META_CHARSET.search(head)
+            )
+            cs = _codec(m2.group(1).decode("ascii", "replace")) if m2 else None
+            if cs:
+                return cs
     return "utf-8"
 
 

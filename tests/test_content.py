@@ -21,7 +21,6 @@ from proxy.content import (
     json_to_text,
     load_phrases,
     normalize,
-    page_text,
 )
 from proxy.yamlpos import InputError
 
@@ -331,7 +330,7 @@ def _evaluate(shipped, threshold: int) -> dict[str, tuple[int, int, int]]:
     stats = {c: [0, 0, 0] for c in ("adult", "gambling")}  # tp, fp, fn
     for row in rows:
         body = row["html"].encode("utf-8")
-        category, total = shipped.score_normalized(page_text(body, "text/html")).worst()
+        category, total = shipped.score_body(body, "text/html").worst()  # as the proxy scores
         predicted = category if category and total >= threshold else "none"
         for c, st in stats.items():
             if predicted == c and row["label"] == c:

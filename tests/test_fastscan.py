@@ -1,0 +1,154 @@
+"""The Hyperscan page scanner (proxy/fastscan.py) against the reference pipeline (proxy/content.py).
+
+The proxy scores pages with ``PhraseSet.score_body``: the scanner where
+Hyperscan is installed, the reference pipeline (extract the text, normalize,
+Aho–Corasick) otherwise and for pages the scanner hands back. Both must agree.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_content import CASINO_ES, PORN_ES, SALUD_ES, SEX_ED, THRESHOLD, eval_set
+
+from proxy import content, fastscan
+from proxy.content import load_phrases, page_text
+
+pytestmark = pytest.mark.skipif(not fastscan.available(), reason="no Hyperscan wheel here")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_phrases(ROOT / "rules" / "phrases", {"adult", "gambling"})
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    d = tmp_path_factory.mktemp("phrases")
+    (d / "adult.yaml").write_text(
+        textwrap.dedent(
+            """\
+            category: adult
+            phrases:
+              porn: 60
+              free porn: 50
+              pornografía: 70
+              nude*: 40
+              sexual health: -80
+            """
+        ),
+        encoding="utf-8",
+    )
+    return load_phrases(d, {"adult"})
+
+
+def fast(ps, html: str) -> set[str] | None:
+    """Phrases the scanner sees on a page (None: it hands the page to the reference)."""
+    found = ps._fast.scan(html.encode("utf-8"))
+    if found is None:
+        return None
+    return {p.text for i in found for p in ps._entries[i]}
+
+
+def reference(ps, html: str) -> set[str]:
+    found = ps.matches(page_text(html.encode("utf-8"), "text/html"))
+    return {p.text for i in found for p in ps._entries[i]}
+
+
+def test_the_evaluation_set_scores_the_same_both_ways(shipped) -> None:
+    rows = eval_set()
+    handed_back = 0
+    for row in rows:
+        body = row["html"].encode("utf-8")
+        fast_score = shipped.score_body(body, "text/html")
+        ref_score = shipped.score_normalized(page_text(body, "text/html"))
+        assert fast_score.totals == ref_score.totals, row["file"]
+        assert {c: sorted(h) for c, h in fast_score.hits.items()} == {
+            c: sorted(h) for c, h in ref_score.hits.items()
+        }, row["file"]
+        handed_back += shipped._fast.scan(body) is None
+    assert handed_back == 0  # the set has no entity-encoded letters: the scanner did the work
+
+
+@pytest.mark.parametrize("text", [SEX_ED, SALUD_ES, CASINO_ES, PORN_ES])
+def test_hard_cases_agree_with_the_reference(shipped, text) -> None:
+    page = f"<html><head><title>t</title></head><body><p>{text}</p></body></html>"
+    assert fast(shipped, page) == reference(shipped, page)
+    body = page.encode("utf-8")
+    blocked = shipped.score_body(body, "text/html").worst()[1] >= THRESHOLD
+    assert blocked == (text in (CASINO_ES, PORN_ES))
+
+
+@pytest.mark.parametrize(
+    ("page", "seen"),
+    [
+        # words as written on real pages: case, accents, punctuation and line breaks between words
+        ("<p>FREE PORN!</p>", {"free porn", "porn"}),
+        ("<p>free,\n        porn</p>", {"free porn", "porn"}),
+        ("<p>PORNOGRAFÍA y pornografia</p>", {"pornografía"}),
+        ("<p>“porn”</p><p>¿porn?</p>", {"porn"}),
+        ("<p>nudes</p>", {"nude"}),  # a word-beginning phrase
+        # whole words only
+        ("<p>pornographic Essex pornstar</p>", set()),
+        ("<p>sexual health</p>", {"sexual health"}),
+        # where nobody reads it
+        ("<script>var porn = 1;</script><p>hello</p>", set()),
+        ("<style>.porn{}</style><!-- porn --><p>hello</p>", set()),
+        ('<a href="/porn/">videos</a>', set()),
+        ('<div class="nude"></div>', set()),
+        # where people do read it
+        ('<img src="x.jpg" alt="free porn">', {"free porn", "porn"}),
+        ('<head><meta name="description" content="porn"></head>', {"porn"}),
+        ("<title>porn</title>", {"porn"}),
+        # first seen hidden, then visible: found on the second pass
+        ('<script>x="porn"</script><a href="/porn">x</a><p>porn</p>', {"porn"}),
+    ],
+)
+def test_visible_text_only(small, page, seen) -> None:
+    assert fast(small, page) == seen
+    assert reference(small, page) == seen
+
+
+def test_entities_for_letters_go_to_the_reference(small) -> None:
+    for page in ("<p>pornograf&iacute;a</p>", "<p>p&#111;rn</p>", "<p>p&#x6F;rn</p>"):
+        assert fast(small, page) is None
+        score = small.score_body(page.encode(), "text/html")
+        assert score.totals["adult"] > 0, page  # the reference decoded the letter
+    # punctuation entities do not: "don&#8217;t", "&amp;", "&nbsp;"
+    assert fast(small, "<p>don&#8217;t &amp; porn&nbsp;now</p>") == {"porn"}
+
+
+def test_a_phrase_hidden_in_many_places_still_gets_an_answer(small) -> None:
+    links = "".join(f'<a href="/porn/{i}">x</a>' for i in range(fastscan.RESCANS + 3))
+    page = links + "<p>porn</p>"
+    assert fast(small, page) is None  # too many passes: the reference takes it
+    assert small.score_body(page.encode(), "text/html").totals == {"adult": 60}
+
+
+def test_plain_text_has_no_markup(small) -> None:
+    found = small._fast.scan(b"porn <script>free porn", markup=False)
+    assert {p.text for i in found for p in small._entries[i]} == {"porn", "free porn"}
+
+
+def test_known_differences_from_the_reference(small) -> None:
+    """Accepted for speed (see the module docstring); the single words still count."""
+    for page in ("<p>free <b>porn</b></p>", "<p>free&nbsp;porn</p>"):
+        assert fast(small, page) == {"porn"}
+        assert reference(small, page) == {"porn", "free porn"}
+
+
+def test_without_hyperscan_every_page_takes_the_reference(small, monkeypatch) -> None:
+    monkeypatch.setattr(fastscan, "available", lambda: False)
+    ps = load_phrases(small_dir(small), {"adult"})
+    assert ps._fast is None
+    page = b"<script>porn</script><p>Free porn</p>"
+    assert ps.score_body(page, "text/html").totals == small.score_body(page, "text/html").totals
+    assert ps.score_body(page, "text/html").totals == {"adult": 110}
+
+
+def small_dir(ps: content.PhraseSet) -> Path:
+    return Path(ps.files[0]).parent
