@@ -29,6 +29,7 @@ Run ``python -m proxy.content FILE...`` to see how a saved page scores.
 from __future__ import annotations
 
 import codecs
+import functools
 import html
 import io
 import json
@@ -220,6 +221,7 @@ _CHARSET_PARAM = re.compile(r"""charset\s*=\s*["']?([\w.:-]+)""", re.I)
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([\w.:-]+)""", re.I)
 
 
+@functools.lru_cache(maxsize=256)
 def _codec(name: str | None) -> str | None:
     if not name:
         return None
@@ -235,18 +237,18 @@ def charset_of(content_type: str | None, body: bytes, kind: str) -> str:
         return "utf-8-sig"
     if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
-    m = _CHARSET_PARAM.search(content_type or "")
-    cs = _codec(m.group(1)) if m else None
-    if cs:
-        return cs
+    if content_type and "charset" in content_type.lower():
+        m = _CHARSET_PARAM.search(content_type)
+        cs = _codec(m.group(1)) if m else None
+        if cs:
+            return cs
     if kind == "html":
-        head = body[:2048]
-        at = head.find(b"charset")
+        at = body.find(b"charset", 0, 2048)
         if at < 0:
-            at = head.lower().find(b"charset")
+            at = body[:2048].lower().find(b"charset")
         if at >= 0:  # match from the tag around it: a regex search over 2 KB costs more
-            m2 = _META_CHARSET.match(head, max(head.rfind(b"<", 0, at), 0)) or (
-                _META_CHARSET.search(head)
+            m2 = _META_CHARSET.match(body, max(body.rfind(b"<", 0, at), 0), 2048) or (
+                _META_CHARSET.search(body, 0, 2048)
             )
             cs = _codec(m2.group(1).decode("ascii", "replace")) if m2 else None
             if cs:

@@ -44,7 +44,8 @@ try:  # x86-64 wheels only (pyproject marks the dependency); the reference pipel
 except ImportError:  # pragma: no cover - exercised on platforms without a wheel
     hyperscan = None
 
-RESCANS = 3  # extra passes with hidden hits blanked, before handing the page to the reference
+LOOKS = 8  # further occurrences tried for a phrase first seen hidden, before the reference decides
+ALONE_UP_TO = 5000  # keys with a database of their own (~5 KB and ~1 ms to compile each)
 
 _WORD = rb"a-zA-Z0-9\x80-\xff"  # a word byte, as in proxy.content.normalize_bytes
 # The edges of a phrase and the gaps between its words are single byte classes: one class per
@@ -170,76 +171,88 @@ class Scanner:
         n = len(keys)
         self._entity_id, self._marker0 = n, n + 1
         single = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_CASELESS
+        patterns = [key_pattern(k) for k, _ in keys]
         self.db = _compile(
             (
-                *[(key_pattern(k), single) for k, _ in keys],
+                *[(p, single) for p in patterns],
                 (_LETTER_ENTITY, single),
                 *[(re.escape(m), 0) for m in _HIDDEN],  # exact case, like the reference
             )
         )
+        # One small database per key, to find its next occurrence when the first one is hidden
+        # (a few µs, where a second pass of the whole database costs as much as the first).
+        self._alone = (
+            [_compile([(p, single)], cache=False) for p in patterns] if n <= ALONE_UP_TO else None
+        )
         self._local = threading.local()  # Hyperscan scratch space is per thread
 
-    def _hits(
-        self, doc: bytes | bytearray
-    ) -> tuple[dict[int, int], list[int], list[tuple[int, int]]]:
-        """One pass: the first end offset of every phrase key, of a letter entity (if any),
-        and the (start, end) of every hidden-part marker."""
+    def _scratch(self) -> object:
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
             scratch = self._local.scratch = hyperscan.Scratch(self.db)
+        return scratch
+
+    def _hits(self, doc: bytes) -> tuple[dict[int, int], bool, list[tuple[int, int]]]:
+        """One pass: the first end offset of every phrase key, whether a letter is written as an
+        entity, and the (start, end) of every hidden-part marker."""
         hits: dict[int, int] = {}
-        entities: list[int] = []
         markers: list[tuple[int, int]] = []
+        entity = [False]
         entity_id, marker0, lengths = self._entity_id, self._marker0, _HIDDEN_LENGTHS
 
         def on_match(i: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
             if i < entity_id:
                 hits[i] = to
-            elif i >= marker0:
+            elif i > entity_id:
                 markers.append((to - lengths[i - marker0], to))
             else:
-                entities.append(to)
+                entity[0] = True
 
-        self.db.scan(doc, match_event_handler=on_match, scratch=scratch)
-        return hits, entities, markers
+        self.db.scan(doc, match_event_handler=on_match, scratch=self._scratch())
+        return hits, entity[0], markers
+
+    def _next(self, i: int, doc: bytes, start: int) -> int | None:
+        """End offset of key ``i``'s first occurrence at or after ``start``."""
+        assert self._alone is not None
+        found: list[int] = []
+        self._alone[i].scan(
+            memoryview(doc)[start:],
+            match_event_handler=lambda _i, _f, to, _fl, _c: found.append(to),
+        )  # the database's own scratch: pages are scored on one thread (the event loop)
+        return start + found[0] if found else None
 
     def scan(self, doc: bytes, markup: bool = True) -> set[int] | None:
         """Phrase ids with at least one visible hit in ``doc`` (UTF-8 HTML when ``markup``, else
         plain text); None when the page must go to the reference pipeline."""
         if not markup:
             return {self._pid[i] for i in self._hits(b" " + doc + b" ")[0]}
-        hits, entities, markers = self._hits(doc)
-        if not hits and not entities:
+        hits, entity, markers = self._hits(doc)
+        if entity:
+            return None  # a letter written as an entity: the reference pipeline decodes it
+        if not hits:
             return set()
         page = _Page(doc, markers)
-        if entities:
-            return None  # a letter written as an entity: the reference pipeline decodes it
         found: set[int] = set()
         pids = self._pid
-        buf: bytearray | None = None
-        for _ in range(RESCANS + 1):
-            pending: list[int] = []
-            for i, to in hits.items():
-                pid = pids[i]
-                if pid not in found:
-                    if page.hidden(to - 1) is None:
-                        found.add(pid)
-                    else:
-                        pending.append(to)
-            if not pending:
-                return found
-            # A phrase first seen where no reader sees it: blank that part (and, the first time,
-            # every script, style and comment) and look again for its next occurrence.
-            if buf is None:
-                buf = bytearray(doc)
-                for start, end in zip(page.starts, page.ends, strict=True):
-                    buf[start:end] = b" " * (end - start)
-            for to in pending:
-                span = page.hidden(to - 1)
-                if span is not None:
-                    buf[span[0] : span[1]] = b" " * (span[1] - span[0])
-            hits = {i: to for i, to in self._hits(buf)[0].items() if pids[i] not in found}
-        return None
+        for i, to in hits.items():
+            pid = pids[i]
+            if pid in found:
+                continue
+            span = page.hidden(to - 1)
+            if span is not None:  # first seen where nobody reads it: look further on
+                if self._alone is None:
+                    return None
+                for _ in range(LOOKS):
+                    nxt = self._next(i, doc, span[1] - 1)  # -1: the edge byte before a word
+                    span = None if nxt is None else page.hidden(nxt - 1)
+                    if span is None:
+                        break
+                else:
+                    return None  # hidden again and again: the reference pipeline decides
+                if nxt is None:
+                    continue
+            found.add(pid)
+        return found
 
 
 # Compiled databases by pattern set: tests and reloads build the same phrase lists again and
@@ -248,14 +261,25 @@ _CACHE: dict[bytes, object] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _compile(patterns: Iterable[tuple[bytes, int]]) -> object:
+def _compile(patterns: Iterable[tuple[bytes, int]], cache: bool = True) -> object:
     """A block-mode database of (pattern, flags); ids are the positions."""
     patterns = list(patterns)
+    if not cache:
+        return _build(patterns)
     digest = hashlib.sha256(repr(patterns).encode()).digest()  # bytes and ints: repr is exact
     with _CACHE_LOCK:
         db = _CACHE.get(digest)
     if db is not None:
         return db
+    db = _build(patterns)
+    with _CACHE_LOCK:
+        if len(_CACHE) >= 8:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[digest] = db
+    return db
+
+
+def _build(patterns: list[tuple[bytes, int]]) -> object:
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     db.compile(
         expressions=[p for p, _ in patterns],
@@ -263,8 +287,4 @@ def _compile(patterns: Iterable[tuple[bytes, int]]) -> object:
         elements=len(patterns),
         flags=[hyperscan.HS_FLAG_DOTALL | f for _, f in patterns],
     )
-    with _CACHE_LOCK:
-        if len(_CACHE) >= 8:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[digest] = db
     return db
