@@ -45,7 +45,9 @@ except ImportError:  # pragma: no cover - exercised on platforms without a wheel
     hyperscan = None
 
 LOOKS = 8  # further occurrences tried for a phrase first seen hidden, before the reference decides
-ALONE_UP_TO = 5000  # keys with a database of their own (~5 KB and ~1 ms to compile each)
+# Up to this many keys, each also gets a database of its own (~5 KB, ~1 ms to compile) to find
+# its next occurrence cheaply; above, the whole database is scanned again from there.
+ALONE_UP_TO = 5000
 
 _WORD = rb"a-zA-Z0-9\x80-\xff"  # a word byte, as in proxy.content.normalize_bytes
 # The edges of a phrase and the gaps between its words are single byte classes: one class per
@@ -192,7 +194,7 @@ class Scanner:
             scratch = self._local.scratch = hyperscan.Scratch(self.db)
         return scratch
 
-    def _hits(self, doc: bytes) -> tuple[dict[int, int], bool, list[tuple[int, int]]]:
+    def _hits(self, doc: bytes | memoryview) -> tuple[dict[int, int], bool, list[tuple[int, int]]]:
         """One pass: the first end offset of every phrase key, whether a letter is written as an
         entity, and the (start, end) of every hidden-part marker."""
         hits: dict[int, int] = {}
@@ -213,11 +215,13 @@ class Scanner:
 
     def _next(self, i: int, doc: bytes, start: int) -> int | None:
         """End offset of key ``i``'s first occurrence at or after ``start``."""
-        assert self._alone is not None
+        rest = memoryview(doc)[start:]
+        if self._alone is None:  # a very large phrase set: the whole database again
+            to = self._hits(rest)[0].get(i)
+            return None if to is None else start + to
         found: list[int] = []
         self._alone[i].scan(
-            memoryview(doc)[start:],
-            match_event_handler=lambda _i, _f, to, _fl, _c: found.append(to),
+            rest, match_event_handler=lambda _i, _f, to, _fl, _c: found.append(to)
         )  # the database's own scratch: pages are scored on one thread (the event loop)
         return start + found[0] if found else None
 
@@ -240,8 +244,6 @@ class Scanner:
                 continue
             span = page.hidden(to - 1)
             if span is not None:  # first seen where nobody reads it: look further on
-                if self._alone is None:
-                    return None
                 for _ in range(LOOKS):
                     nxt = self._next(i, doc, span[1] - 1)  # -1: the edge byte before a word
                     span = None if nxt is None else page.hidden(nxt - 1)
