@@ -7,7 +7,7 @@ two known weaknesses:
 - **Cost.** Every phrase of every category is compiled into one automaton, so
   a page is read once, in C. ``PhraseSet.score_body`` (what the proxy calls)
   hands HTML and plain text to ``proxy/fastscan.py``, which finds the phrases
-  on the raw page with Hyperscan (~1.5 µs per KB); JSON, pages it hands back
+  on the raw page with Hyperscan (~2 µs per KB); JSON, pages it hands back
   and platforms without Hyperscan take the reference pipeline below (text
   extraction in Python, then ``pyahocorasick``; ~14 µs per KB). Both score
   the evaluation set identically (``tests/test_fastscan.py``).
