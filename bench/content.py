@@ -78,14 +78,10 @@ def pages(
         if row["label"] not in labels:
             continue
         doc = row["html"].encode("utf-8")
-        if grow == "article":
-            head, _, rest = doc.partition(b"<main>")
-            part, _, tail = rest.partition(b"</main>")
-            head, tail = head + b"<main>", b"</main>" + tail
-        else:
-            head, _, rest = doc.partition(b"<aside>")
-            part, _, tail = rest.partition(b"</aside>")
-            head, tail = head + b"<aside>", b"</aside>" + tail
+        element = b"main" if grow == "article" else b"aside"
+        head, _, rest = doc.partition(b"<%s>" % element)
+        part, _, tail = rest.partition(b"</%s>" % element)
+        head, tail = head + b"<%s>" % element, b"</%s>" % element + tail
         body = part
         while len(head) + len(body) + len(tail) < PAGE_BYTES:
             body += part

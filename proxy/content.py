@@ -118,15 +118,11 @@ def fold_accents(text: str) -> str:
     return text.lower().translate(_FOLD)
 
 
-# Elements whose content is never shown (tag names in lower or upper case; a "<Script>" in
-# mixed case is left in: more text to score, never less).
-_INVISIBLE_OPEN = re.compile(rb"<(script|style|template|svg|SCRIPT|STYLE|SVG)\b[^>]*>|<!--")
+# Elements whose content is never shown, and comments (the list is fastscan.HIDDEN_TAGS).
+_INVISIBLE_OPEN = re.compile(rb"<(" + b"|".join(fastscan.HIDDEN_TAGS) + rb")\b[^>]*>|<!--")
 # Alt text of images: what a reader of the page is told the picture shows.
 _ALT = re.compile(rb"""alt=(?:"([^"<>]{1,300})"|'([^'<>]{1,300})')""")
-_META = re.compile(
-    rb"""<meta\b[^>]*?\b(?:name|property)\s*=\s*["']?(?:description|keywords|og:title|og:description)["']?[^>]*>""",
-    re.I,
-)
+_META = re.compile(fastscan.META_START + rb"""["']?[^>]*>""", re.I)
 _CONTENT_ATTR = re.compile(rb"""\bcontent\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
 # Formatting tags do not separate words ("<b>P</b>orn" reads "Porn"); every other tag does
 # (links and spans are often laid out side by side as separate items: "Home</a><a>About").
@@ -150,13 +146,7 @@ def _strip_invisible(doc: bytes) -> bytes:
             out.append(doc[i:])
             break
         out.append(doc[i : m.start()])
-        tag = m.group(1)
-        if tag is None:
-            end = doc.find(b"-->", m.end())
-            i = n if end < 0 else end + 3
-        else:
-            end = doc.find(b"</" + tag, m.end())
-            i = n if end < 0 else (doc.find(b">", end) + 1 or n)
+        i = fastscan.hidden_end(doc, m.group(1), m.end())
     return b" ".join(out)
 
 
@@ -342,7 +332,11 @@ def text_bytes(
 ) -> bytes:
     """The visible text of a response body as UTF-8: decoded, charset applied, markup stripped."""
     kind = content_kind(content_type) or "text"
-    body = utf8_body(raw, content_type, content_encoding, limit, kind)
+    return visible_text_bytes(utf8_body(raw, content_type, content_encoding, limit, kind), kind)
+
+
+def visible_text_bytes(body: bytes, kind: str) -> bytes:
+    """The visible text of a UTF-8 body of ``kind`` (html, json, text)."""
     if kind == "html":
         return html_to_text_bytes(body)
     if kind == "json":
@@ -489,7 +483,7 @@ class PhraseSet:
             found = self._fast.scan(body, markup=kind == "html")
             if found is not None:
                 return self._score_found(found, categories)
-            text = normalize_bytes(html_to_text_bytes(body) if kind == "html" else body)
+            text = normalize_bytes(visible_text_bytes(body, kind))
         else:
             text = page_text(raw, content_type, content_encoding, limit)
         return self._score_found(self.matches(text), categories)

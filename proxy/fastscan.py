@@ -12,8 +12,8 @@ phrase:
 - a hit inside ``<script>``, ``<style>``, ``<template>``, ``<svg>`` or a
   comment, or inside a tag (``href="/casino/"``), does not count, except in
   ``alt=`` text and ``<meta name=description|keywords>`` (the reference
-  pipeline reads those too). When a phrase's first hit is hidden, the page is
-  scanned again with those parts blanked out, up to ``RESCANS`` times.
+  pipeline reads those too). When a phrase's first hit is hidden, a database
+  of that phrase alone finds its next occurrence, up to ``LOOKS`` times.
 - a page with a letter written as an entity (``pornograf&iacute;a``,
   ``p&#111;rn``) goes to the reference pipeline instead (``scan`` returns
   None): the raw bytes do not spell the word.
@@ -27,8 +27,8 @@ accepted for the speed (the labelled evaluation set scores identically):
 - a formatting tag inside a word (``<b>P</b>orn``) hides the word here; the
   reference joins the pieces.
 
-Hyperscan has wheels for x86-64 Linux and macOS; elsewhere ``available()`` is
-False and every page takes the reference pipeline.
+Hyperscan is installed on x86-64 Linux (pyproject marks the dependency);
+elsewhere ``available()`` is False and every page takes the reference pipeline.
 """
 
 from __future__ import annotations
@@ -78,18 +78,29 @@ _LETTER_ENTITY = (
     rb"|#0*(?:6[5-9]|[7-8][0-9]|9[07-9]|1[01][0-9]|12[0-2]|19[2-9]|2[0-4][0-9]|25[0-5])"
     rb"|#[xX]0*(?:4[1-9a-fA-F]|5[0-9aA]|6[1-9a-fA-F]|7[0-9aA]|[c-fC-F][0-9a-fA-F]));"
 )
-# Where hidden parts begin (the reference pipeline's _INVISIBLE_OPEN, same cases).
-_HIDDEN = (b"<script", b"<SCRIPT", b"<style", b"<STYLE", b"<template", b"<svg", b"<SVG", b"<!--")
+# Elements whose content is never shown, for both pipelines (lower or upper case as written; a
+# "<Script>" in mixed case is left in: more text to score, never less), and comments.
+HIDDEN_TAGS = (b"script", b"SCRIPT", b"style", b"STYLE", b"template", b"svg", b"SVG")
+_HIDDEN = (*(b"<" + t for t in HIDDEN_TAGS), b"<!--")
 _HIDDEN_LENGTHS = tuple(len(m) for m in _HIDDEN)
-_META = re.compile(
-    rb"""<meta\b[^>]*?\b(?:name|property)\s*=\s*["']?(?:description|keywords|og:title|og:description)""",
-    re.I,
-)
+# The start of a <meta> tag whose content a reader is told (proxy/content.py reads the whole tag).
+META_START = rb"""<meta\b[^>]*?\b(?:name|property)\s*=\s*["']?(?:description|keywords|og:title|og:description)"""
+_META = re.compile(META_START, re.I)
 _WORDCHAR = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
 def available() -> bool:
     return hyperscan is not None
+
+
+def hidden_end(doc: bytes, tag: bytes | None, after: int) -> int:
+    """Where a hidden part opened by ``<tag`` (None: a comment) ends: after its closing tag's
+    ``>`` (or ``-->``), searching from ``after``; the end of ``doc`` when it is never closed."""
+    if tag is None:
+        close = doc.find(b"-->", after)
+        return len(doc) if close < 0 else close + 3
+    close = doc.find(b"</" + tag, after)
+    return len(doc) if close < 0 else (doc.find(b">", close) + 1 or len(doc))
 
 
 def _word_pattern(word: bytes) -> bytes:
@@ -127,20 +138,17 @@ class _Page:
         self.doc = doc
         self.starts: list[int] = []
         self.ends: list[int] = []
-        n = len(doc)
         end = 0
         for start, name_end in sorted(markers):
             if start < end:
                 continue  # inside a region already
             opening = doc[start:name_end]
             if opening == b"<!--":
-                close = doc.find(b"-->", name_end)
-                end = n if close < 0 else close + 3
+                end = hidden_end(doc, None, name_end)
             else:
-                if name_end < n and doc[name_end] in _WORDCHAR:
+                if name_end < len(doc) and doc[name_end] in _WORDCHAR:
                     continue  # "<scripts", "<svgfoo": another tag
-                close = doc.find(b"</" + opening[1:], name_end)
-                end = n if close < 0 else (doc.find(b">", close) + 1 or n)
+                end = hidden_end(doc, opening[1:], name_end)
             self.starts.append(start)
             self.ends.append(end)
 
