@@ -330,6 +330,44 @@ http {{
 """
 
 
+_NGINX_FILES_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;
+    uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
+    types {{ text/html html; image/jpeg jpg; }}
+    server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+
+
+def start_file_origin(
+    procs: Procs, workdir: Path, root: Path, cpu: int | None
+) -> tuple[subprocess.Popen, int]:
+    """nginx serving the files under ``root`` (HTML, JPEG) on a free loopback port: no access
+    log, keep-alive without limits. ``root`` and its parents must be readable by nginx's worker."""
+    nginx = shutil.which("nginx")
+    if not nginx:
+        raise BenchError("nginx not installed (apt-get install -y nginx-light)")
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(_NGINX_FILES_CONF.format(d=workdir, port=port, root=root))
+    proc = procs.start(
+        [nginx, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "nginx-error.log")],
+        cpu, workdir / "nginx-stderr.log", stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port("127.0.0.1", port, 15, proc, "nginx")
+    return proc, port
+
+
 def start_origin(procs: Procs, workdir: Path, cpu: int | None, kind: str = "auto") -> Origin:
     """Start nginx (or the asyncio origin) on loopback; HTTP and HTTPS on free ports."""
     cert, key, der = make_cert(workdir)

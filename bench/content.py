@@ -41,10 +41,9 @@ from common import (  # noqa: E402
     Procs,
     can_pin,
     cpu_seconds,
-    free_port,
     parse_wrk,
+    start_file_origin,
     venv_tool,
-    wait_port,
 )
 
 from proxy.content import (  # noqa: E402
@@ -180,24 +179,6 @@ def part1(counts: list[int], naive_up_to: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- part 2
 
-NGINX = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
-    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-    types {{ text/html html; }}
-    server {{ listen 127.0.0.1:{port}; root {d}/www; }}
-}}
-"""
-
 LUA = """
 local n = {n}
 local i = 0
@@ -242,8 +223,7 @@ def start_proxy(
 
 def part2(seconds: float, rounds: int, connections: int, grow: str = "article") -> list[str]:
     wrk = shutil.which("wrk")
-    nginx = shutil.which("nginx")
-    if not wrk or not nginx:
+    if not wrk or not shutil.which("nginx"):
         raise BenchError("part 2 needs wrk and nginx (apt-get install -y wrk nginx-light)")
     docs = pages(("none",), grow)
     pin = can_pin(0, 1)
@@ -254,14 +234,7 @@ def part2(seconds: float, rounds: int, connections: int, grow: str = "article") 
         (tmp / "www").mkdir(mode=0o755)
         for i, d in enumerate(docs, 1):
             (tmp / "www" / f"p{i}.html").write_bytes(d)
-        port = free_port()
-        (tmp / "nginx.conf").write_text(NGINX.format(d=tmp, port=port))
-        ng = procs.start(
-            [nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
-            0 if pin else None,
-            tmp / "nginx.log",
-        )
-        wait_port("127.0.0.1", port, 15, ng, "nginx")
+        _, port = start_file_origin(procs, tmp, tmp / "www", 0 if pin else None)
         (tmp / "load.lua").write_text(LUA.format(n=len(docs), port=port))
         results: dict[str, list[dict]] = {"on": [], "off": []}
         for rnd in range(rounds):

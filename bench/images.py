@@ -51,13 +51,12 @@ from common import (  # noqa: E402
     BenchError,
     Procs,
     can_pin,
-    free_port,
     machine_facts,
     median,
     parse_wrk,
     raise_on_sigterm,
+    start_file_origin,
     venv_tool,
-    wait_port,
 )
 
 # bench/proxy.py would shadow the `proxy` package (here and in the classifier processes,
@@ -154,27 +153,6 @@ def bench_classifier(n: int) -> dict:
 
 # ---------------------------------------------------------------------------- origin and proxies
 
-NGINX = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;
-    uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
-    types {{ text/html html; image/jpeg jpg; }}
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-    }}
-}}
-"""
-
 
 @dataclass
 class Site:
@@ -184,9 +162,6 @@ class Site:
 
 
 def start_origin(procs: Procs, work: Path, cpu: int | None, images: int) -> Site:
-    nginx = shutil.which("nginx")
-    if not nginx:
-        raise BenchError("nginx not installed (apt-get install -y nginx-light)")
     root = work / "site"
     (root / "img").mkdir(parents=True)
     (root / "page").mkdir()
@@ -197,14 +172,7 @@ def start_origin(procs: Procs, work: Path, cpu: int | None, images: int) -> Site
         (root / "page" / f"{i}.html").write_text(body[:1024])
     for p in (work.parent, work, root, root / "img", root / "page"):  # nginx's worker user reads
         os.chmod(p, 0o755)
-    port = free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(NGINX.format(d=work, port=port, root=root))
-    proc = procs.start(
-        [nginx, "-p", str(work), "-c", str(conf), "-e", str(work / "nginx-error.log")],
-        cpu, work / "nginx-stderr.log", stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    wait_port("127.0.0.1", port, 15, proc, "nginx")
+    _, port = start_file_origin(procs, work, root, cpu)
     return Site(port, images)
 
 
