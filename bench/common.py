@@ -302,6 +302,7 @@ class Origin:
         return f"https://localhost:{self.https_port}/"
 
 
+# nginx on loopback for the benches: one worker, no access log, keep-alive without limits.
 _NGINX_CONF = """\
 daemon off;
 master_process on;
@@ -318,6 +319,11 @@ http {{
     fastcgi_temp_path {d}/nginx-fastcgi;
     uwsgi_temp_path {d}/nginx-uwsgi;
     scgi_temp_path {d}/nginx-scgi;
+{http}
+}}
+"""
+# start_origin: one fixed body over HTTP and HTTPS.
+_FIXED_BODY = """\
     ssl_certificate {cert};
     ssl_certificate_key {key};
     server {{
@@ -325,28 +331,21 @@ http {{
         server_name localhost;
         default_type text/html;
         location / {{ return 200 "{body}"; }}
-    }}
-}}
-"""
-
-
-_NGINX_FILES_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;
-    uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
+    }}"""
+# start_file_origin: the files under a directory.
+_FILES = """\
     types {{ text/html html; image/jpeg jpg; }}
-    server {{ listen 127.0.0.1:{port}; root {root}; }}
-}}
-"""
+    server {{ listen 127.0.0.1:{port}; root {root}; }}"""
+
+
+def _start_nginx(procs: Procs, workdir: Path, cpu: int | None, http: str) -> subprocess.Popen:
+    nginx = shutil.which("nginx")
+    if not nginx:
+        raise BenchError("nginx not installed (apt-get install -y nginx-light)")
+    conf = workdir / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(d=workdir, http=http))
+    cmd = [nginx, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "nginx-error.log")]
+    return procs.start(cmd, cpu, workdir / "nginx-stderr.log", stdout=subprocess.DEVNULL)
 
 
 def start_file_origin(
@@ -354,16 +353,8 @@ def start_file_origin(
 ) -> tuple[subprocess.Popen, int]:
     """nginx serving the files under ``root`` (HTML, JPEG) on a free loopback port: no access
     log, keep-alive without limits. ``root`` and its parents must be readable by nginx's worker."""
-    nginx = shutil.which("nginx")
-    if not nginx:
-        raise BenchError("nginx not installed (apt-get install -y nginx-light)")
     port = free_port()
-    conf = workdir / "nginx.conf"
-    conf.write_text(_NGINX_FILES_CONF.format(d=workdir, port=port, root=root))
-    proc = procs.start(
-        [nginx, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "nginx-error.log")],
-        cpu, workdir / "nginx-stderr.log", stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = _start_nginx(procs, workdir, cpu, _FILES.format(port=port, root=root))
     wait_port("127.0.0.1", port, 15, proc, "nginx")
     return proc, port
 
@@ -376,19 +367,14 @@ def start_origin(procs: Procs, workdir: Path, cpu: int | None, kind: str = "auto
     if kind == "auto":
         kind = "nginx" if shutil.which("nginx") else "python"
     if kind == "nginx":
-        nginx = shutil.which("nginx")
-        if not nginx:
+        if not shutil.which("nginx"):
             raise BenchError(
                 "nginx not installed (apt-get install -y nginx-light), or use --origin python"
             )
         os.chmod(workdir, 0o755)
         listens = " ".join(f"listen {h}:{http_port}; listen {h}:{https_port} ssl;" for h in hosts)
-        conf = workdir / "nginx.conf"
-        conf.write_text(
-            _NGINX_CONF.format(d=workdir, cert=cert, key=key, listens=listens, body=BODY.decode())
-        )
-        cmd = [nginx, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "nginx-error.log")]
-        proc = procs.start(cmd, cpu, workdir / "nginx-stderr.log", stdout=subprocess.DEVNULL)
+        http = _FIXED_BODY.format(cert=cert, key=key, listens=listens, body=BODY.decode())
+        proc = _start_nginx(procs, workdir, cpu, http)
     else:
         cmd = [
             sys.executable,
