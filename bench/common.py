@@ -198,6 +198,11 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def self_rss_mb() -> float:
+    """This process's resident memory."""
+    return rss_mb(os.getpid()) or 0.0
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

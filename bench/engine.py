@@ -29,13 +29,8 @@ from proxy.config import load_config  # noqa: E402
 from proxy.engine import Engine  # noqa: E402
 from proxy.model import Request  # noqa: E402
 
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+sys.path.append(str(ROOT / "bench"))  # after the repository: bench/proxy.py must not shadow it
+from common import self_rss_mb  # noqa: E402
 
 
 def url_mix(engine: Engine, n_hosts: int, rng: random.Random) -> list[Request]:
@@ -118,13 +113,13 @@ def main() -> int:
     args = ap.parse_args()
 
     gc.collect()
-    rss0 = rss_mb()
+    rss0 = self_rss_mb()
     t0 = time.perf_counter()
     engine = Engine.build(load_config(args.config))
     load_s = time.perf_counter() - t0
     gc.collect()
     gc.freeze()  # as the proxy should after loading: the GC then never walks the rule tables
-    rss1 = rss_mb()
+    rss1 = self_rss_mb()
     entries = sum(i.entries for i in engine.rules.categories.values())
 
     rng = random.Random(2026)

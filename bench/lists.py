@@ -68,6 +68,7 @@ from common import (  # noqa: E402
     free_port,
     machine_facts,
     raise_on_sigterm,
+    self_rss_mb,  # noqa: E402
     tool_version,
     wait_port,
 )
@@ -238,14 +239,6 @@ def write_list(path: Path, n: int, seed: int) -> Path:
 # ----------------------------------------------------------------------------- measurements
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def gc_ms() -> float:
     """Median time of a full collection (the collector walks every tracked container)."""
     times = []
@@ -285,12 +278,12 @@ def child_warm(rules: Path, cache: Path, config: Path, queries: Path) -> dict:
     qs = [line.split("\t") for line in queries.read_text().splitlines()]
     cfg = load_config(config)
     gc0_ms = gc_ms()
-    objects0, rss0 = len(gc.get_objects()), rss_mb()
+    objects0, rss0 = len(gc.get_objects()), self_rss_mb()
     t0 = time.perf_counter()
     rs = load_rules(rules, cache)
     load_s = time.perf_counter() - t0
     assert rs.from_cache, "the cache was not used"
-    rss1 = rss_mb()
+    rss1 = self_rss_mb()
     objects = len(gc.get_objects()) - objects0
     gc_full_ms = gc_ms() - gc0_ms  # what the index adds to a full collection
     t0 = time.perf_counter()
@@ -316,7 +309,7 @@ def child_warm(rules: Path, cache: Path, config: Path, queries: Path) -> dict:
             wrongs.append(f"{host} ({kind}): {d.action} {d.category} {d.rule}")
         if i == 0:
             first_rule = d.rule
-    rss2 = rss_mb()
+    rss2 = self_rss_mb()
     return {
         "seconds": load_s, "rss_mb": rss1 - rss0, "rss_after_lookups_mb": rss2 - rss0,
         "objects": objects, "gc_full_ms": gc_full_ms, "freeze_ms": freeze_ms,
@@ -338,14 +331,14 @@ def child_dict(domains: Path, queries: Path) -> dict:
 
     qs = [line.split("\t")[0] for line in queries.read_text().splitlines()]
     gc0_ms = gc_ms()
-    objects0, rss0 = len(gc.get_objects()), rss_mb()
+    objects0, rss0 = len(gc.get_objects()), self_rss_mb()
     t0 = time.perf_counter()
     table: dict[str, int] = {}
     for item in read_list(domains, "domains", "domains"):
         if not isinstance(item, Garbage):
             table.setdefault(item[1], item[0])  # type: ignore[index]
     load_s = time.perf_counter() - t0
-    rss1 = rss_mb()
+    rss1 = self_rss_mb()
     objects = len(gc.get_objects()) - objects0
     gc_full_ms = gc_ms() - gc0_ms
     clock = time.perf_counter_ns
