@@ -220,52 +220,13 @@ def test_truncated_or_corrupt_archives_are_refused(tree, tmp_path, capsys, damag
 def test_size_limits(tree: Path, tmp_path: Path, capsys) -> None:
     archive = tmp_path / "big.tar.gz"
     archive.write_bytes(tar_bytes([*GOOD, ("blacklists/gambling/urls", b"a.example/x\n" * 500)]))
-    cfg = ["--config", str(tree / "config.yaml")]
-    assert (
-        main(
-            [
-                "lists",
-                "update",
-                "--source",
-                str(archive),
-                *cfg,
-                "--set",
-                "lists.max_member_bytes=2000",
-            ]
-        )
-        == 1
-    )
-    assert "over lists.max_member_bytes" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "lists",
-                "update",
-                "--source",
-                str(archive),
-                *cfg,
-                "--set",
-                "lists.max_archive_bytes=100",
-            ]
-        )
-        == 1
-    )
-    assert "over lists.max_archive_bytes" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "lists",
-                "update",
-                "--source",
-                str(archive),
-                *cfg,
-                "--set",
-                "lists.max_total_bytes=5000",
-            ]
-        )
-        == 1
-    )
-    assert "max_total_bytes" in capsys.readouterr().err
+    for setting, message in (
+        ("lists.max_member_bytes=2000", "over lists.max_member_bytes"),
+        ("lists.max_archive_bytes=100", "over lists.max_archive_bytes"),
+        ("lists.max_total_bytes=5000", "max_total_bytes"),
+    ):
+        assert run(tree, "update", "--source", str(archive), "--set", setting) == 1, setting
+        assert message in capsys.readouterr().err
 
 
 def test_shrunk_lists_need_force(tree: Path, tmp_path: Path) -> None:
