@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_config import problems
 
 from proxy import cli, gateway
 from proxy.config import load_config
@@ -52,12 +53,6 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def write(tree: Path, text: str = CONFIG) -> Path:
     (tree / "config.yaml").write_text(textwrap.dedent(text))
     return Path("config.yaml")
-
-
-def problems(path: Path, overrides: list[str] | None = None) -> list[str]:
-    with pytest.raises(InputError) as info:
-        load_config(path, overrides or [])
-    return [str(p) for p in info.value.problems]
 
 
 # ----------------------------------------------------------------------------- config
