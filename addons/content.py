@@ -176,7 +176,7 @@ class ContentFilter:
         if (
             meta.pop("cipa_scan", None) is not None
         ):  # a page we meant to score (not an image held by another addon)
-            self.rt.metrics.content_scans.labels(result="too_large").inc()
+            self.rt.metrics.counter("content_scans", result="too_large").inc()
         meta["cipa_bytes_out"] = None
         if not meta.get("cipa_recorded"):
             self.rec._flow(flow)
@@ -234,10 +234,10 @@ class ContentFilter:
             cap = self.rt.config.content.max_bytes
             length = resp.headers.get("content-length", "")
             if resp.stream:
-                self.rt.metrics.content_scans.labels(result="too_large").inc()
+                self.rt.metrics.counter("content_scans", result="too_large").inc()
             elif length.isdigit():
                 if int(length) > cap:
-                    self.rt.metrics.content_scans.labels(result="too_large").inc()
+                    self.rt.metrics.counter("content_scans", result="too_large").inc()
                 else:
                     meta["cipa_scan"] = policy  # scored in `response` under this policy
                     if int(length) > STREAM_ABOVE:
@@ -247,7 +247,7 @@ class ContentFilter:
                 meta["cipa_buffer"] = True  # the recorder must not stream it ...
                 meta["cipa_buffer_cap"] = cap  # ... until past the cap: then streams unscanned
             else:
-                self.rt.metrics.content_scans.labels(result="too_large").inc()
+                self.rt.metrics.counter("content_scans", result="too_large").inc()
         except Exception:
             self._fail(flow, "responseheaders", streaming=True)
 
@@ -304,7 +304,7 @@ class ContentFilter:
             return
         raw = resp.raw_content or b""
         if len(raw) > cfg.max_bytes:
-            m.content_scans.labels(result="too_large").inc()
+            m.counter("content_scans", result="too_large").inc()
             return
         start = time.perf_counter()
         cats = policy.block & phrases.categories
@@ -315,9 +315,10 @@ class ContentFilter:
                 resp.headers.get("content-encoding"),
                 cfg.max_decoded_bytes,
                 cats,
+                policy.content_threshold,
             )
         except content.ContentError as exc:
-            m.content_scans.labels(result="error").inc()
+            m.counter("content_scans", result="error").inc()
             log.warning("cannot decode %s for scoring: %s; blocking", d.url, exc)
             unreadable = Decision(
                 BLOCK, "filter_error", d.group, d.policy, "content filter",
@@ -330,17 +331,19 @@ class ContentFilter:
         m.content_bytes.inc(len(raw))
         if category is None:
             meta["cipa_score"] = 0
-            m.content_scans.labels(result="clean").inc()
+            m.counter("content_scans", result="clean").inc()
             return
         top = score.top(category)
         meta["cipa_score"] = total
+        if score.partial:
+            meta["cipa_score_partial"] = True
         meta["cipa_score_category"] = category
         meta["cipa_phrases"] = top
         threshold = policy.content_threshold
         if total < threshold:
-            m.content_scans.labels(result="clean").inc()
+            m.counter("content_scans", result="clean").inc()
             return
-        m.content_scans.labels(result="blocked").inc()
+        m.counter("content_scans", result="blocked").inc()
         named = ", ".join(f'"{p}"' for p in top) or "several phrases"
         blocked = Decision(
             BLOCK,

@@ -173,6 +173,8 @@ class Recorder:
                     rec["search_terms"] = terms[:200]
             if (score := flow.metadata.get("cipa_score")) is not None:
                 rec["score"] = score  # page content score (addons/content.py)
+                if flow.metadata.get("cipa_score_partial"):
+                    rec["score_partial"] = True  # good-context phrases not searched: an upper bound
                 if phrases := flow.metadata.get("cipa_phrases"):
                     rec["phrases"] = phrases
             if image := flow.metadata.get("cipa_image"):

@@ -40,7 +40,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -287,7 +287,9 @@ def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
     ``limit`` decoded bytes are kept: the page's beginning is scored, and a
     compression bomb costs no more memory than ``limit``.
     """
-    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    if not content_encoding:
+        return raw[:limit]
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
     data = raw
     for coding in reversed(codings):
         try:
@@ -389,12 +391,14 @@ class Hit(NamedTuple):
     weight: int
 
 
-@dataclass(frozen=True)
-class Score:
-    """Per-category totals and the phrases that made them (each phrase once)."""
+class Score(NamedTuple):
+    """Per-category totals and the phrases that made them (each phrase once).
 
-    totals: dict[str, int] = field(default_factory=dict)
-    hits: dict[str, tuple[Hit, ...]] = field(default_factory=dict)
+    A NamedTuple, not a dataclass: one is built for every page the proxy scores."""
+
+    totals: dict[str, int]
+    hits: dict[str, list[Hit]]
+    partial: bool = False  # good-context phrases not searched (``PhraseSet.score_body``)
 
     def top(self, category: str, n: int = 5) -> list[str]:
         """The ``n`` heaviest positive phrases for ``category``: what the block page names."""
@@ -443,13 +447,22 @@ class PhraseSet:
             tuple((p.category, Hit(p.text, p.weight)) for p in entries if p.weight)
             for entries in self._entries
         ]
-        self._fast = (
-            fastscan.Scanner((k, i) for k, i in self._auto.items())
-            if ids and fastscan.available()
-            else None
-        )
         self._combos = [(tuple(ids[k] for k in c.parts), c) for c in combos]
         self._combo_keys = {i for parts, _ in self._combos for i in parts}
+        # Two Hyperscan databases: the phrases that can raise a score (and the parts of
+        # combinations), then the good-context phrases, searched only when the first alone
+        # reaches a threshold (see ``score_body``). Splitting them makes the usual page's one
+        # pass ~35% cheaper: good context is made of common words ("students", "history").
+        self._fast: fastscan.Scanner | None = None
+        self._fast_rest: fastscan.Scanner | None = None
+        if ids and fastscan.available():
+            raising = self._combo_keys | {
+                i for i, w in enumerate(self._weighted) if any(h.weight > 0 for _, h in w)
+            }
+            items = list(self._auto.items())
+            self._fast = fastscan.Scanner((k, i) for k, i in items if i in raising)
+            rest = [(k, i) for k, i in items if i not in raising]
+            self._fast_rest = fastscan.Scanner(rest) if rest else None
         if ids:
             self._auto.make_automaton()
 
@@ -473,20 +486,45 @@ class PhraseSet:
         content_encoding: str | None = None,
         limit: int = 4 << 20,
         categories: Iterable[str] | None = None,
+        threshold: int | None = None,
     ) -> Score:
         """Score a response body as served. HTML and plain text are searched as they are by the
         Hyperscan scanner (``proxy/fastscan.py``) where it is available; JSON, pages it hands
-        back, and platforms without it take the reference pipeline (``page_text``)."""
+        back, and platforms without it take the reference pipeline (``page_text``).
+
+        With a ``threshold``, a page whose score-raising phrases alone stay under it is not
+        searched for good-context phrases (they could only lower its score): the Score is then
+        ``partial``, its totals the sum of what raised them (an upper bound of the full score)."""
         kind = content_kind(content_type) or "text"
         if self._fast is not None and kind != "json":
             body = utf8_body(raw, content_type, content_encoding, limit, kind)
-            found = self._fast.scan(body, markup=kind == "html")
+            markup = kind == "html"
+            found = self._fast.scan(body, markup)
             if found is not None:
-                return self._score_found(found, categories)
+                if self._fast_rest is None:
+                    return self._score_found(found, categories)
+                if threshold is not None:
+                    score = self._score_found(found, categories)
+                    if max(score.totals.values(), default=0) < threshold:
+                        return score._replace(partial=True)
+                more = self._fast_rest.scan(body, markup)
+                if more is not None:
+                    return self._score_found(found | more, categories)
             text = normalize_bytes(visible_text_bytes(body, kind))
         else:
             text = page_text(raw, content_type, content_encoding, limit)
         return self._score_found(self.matches(text), categories)
+
+    def fast_matches(self, body: bytes, markup: bool = True) -> set[int] | None:
+        """Phrase ids the Hyperscan scanner sees on a UTF-8 body, both databases (None: the
+        page must take the reference pipeline, or there is no scanner)."""
+        if self._fast is None:
+            return None
+        found = self._fast.scan(body, markup)
+        if found is None or self._fast_rest is None:
+            return found
+        more = self._fast_rest.scan(body, markup)
+        return None if more is None else found | more
 
     def _score_found(self, found: set[int], categories: Iterable[str] | None) -> Score:
         cats = None if categories is None else frozenset(categories)
@@ -503,10 +541,10 @@ class PhraseSet:
                         hits[cat] = [hit]
         if found & self._combo_keys:
             for parts, c in self._combos:
-                if (cats is None or c.category in cats) and all(i in found for i in parts):
+                if (cats is None or c.category in cats) and found.issuperset(parts):
                     totals[c.category] = totals.get(c.category, 0) + c.weight
                     hits.setdefault(c.category, []).append(Hit(c.label, c.weight))
-        return Score(totals, {k: tuple(v) for k, v in hits.items()})
+        return Score(totals, hits)
 
     def score(self, text: str, categories: Iterable[str] | None = None) -> Score:
         """Score plain text (normalized here) for ``categories`` (all when None)."""

@@ -83,6 +83,7 @@ _LETTER_ENTITY = (
 HIDDEN_TAGS = (b"script", b"SCRIPT", b"style", b"STYLE", b"template", b"svg", b"SVG")
 _HIDDEN = (*(b"<" + t for t in HIDDEN_TAGS), b"<!--")
 _HIDDEN_LENGTHS = tuple(len(m) for m in _HIDDEN)
+_HIDDEN_NAMES = (*HIDDEN_TAGS, None)  # what ``hidden_end`` closes, by marker
 # The start of a <meta> tag whose content a reader is told (proxy/content.py reads the whole tag).
 META_START = rb"""<meta\b[^>]*?\b(?:name|property)\s*=\s*["']?(?:description|keywords|og:title|og:description)"""
 _META = re.compile(META_START, re.I)
@@ -135,20 +136,20 @@ class _Page:
     """Where text is visible on one page: hidden regions from the marker hits, tags by lookback."""
 
     def __init__(self, doc: bytes, markers: list[tuple[int, int]]):
+        """``markers``: (end offset, index in ``_HIDDEN``) of every hidden-part marker."""
         self.doc = doc
         self.starts: list[int] = []
         self.ends: list[int] = []
         end = 0
-        for start, name_end in sorted(markers):
+        size = len(doc)
+        for name_end, k in sorted(markers):  # markers never overlap: by end is by start
+            start = name_end - _HIDDEN_LENGTHS[k]
             if start < end:
                 continue  # inside a region already
-            opening = doc[start:name_end]
-            if opening == b"<!--":
-                end = hidden_end(doc, None, name_end)
-            else:
-                if name_end < len(doc) and doc[name_end] in _WORDCHAR:
-                    continue  # "<scripts", "<svgfoo": another tag
-                end = hidden_end(doc, opening[1:], name_end)
+            name = _HIDDEN_NAMES[k]
+            if name is not None and name_end < size and doc[name_end] in _WORDCHAR:
+                continue  # "<scripts", "<svgfoo": another tag
+            end = hidden_end(doc, name, name_end)
             self.starts.append(start)
             self.ends.append(end)
 
@@ -201,24 +202,22 @@ class Scanner:
             scratch = self._local.scratch = hyperscan.Scratch(self.db)
         return scratch
 
-    def _hits(self, doc: bytes | memoryview) -> tuple[dict[int, int], bool, list[tuple[int, int]]]:
-        """One pass: the first end offset of every phrase key, whether a letter is written as an
-        entity, and the (start, end) of every hidden-part marker."""
+    def _hits(self, doc: bytes | memoryview) -> tuple[dict[int, int], list[tuple[int, int]]]:
+        """One pass: the first end offset of every phrase key and of a letter written as an entity
+        (id ``_entity_id``), and the (end offset, index in ``_HIDDEN``) of every hidden-part marker.
+        The callback runs once per match: it does as little as it can."""
         hits: dict[int, int] = {}
         markers: list[tuple[int, int]] = []
-        entity = [False]
-        entity_id, marker0, lengths = self._entity_id, self._marker0, _HIDDEN_LENGTHS
+        last, marker0 = self._entity_id, self._marker0
 
         def on_match(i: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
-            if i < entity_id:
+            if i <= last:
                 hits[i] = to
-            elif i > entity_id:
-                markers.append((to - lengths[i - marker0], to))
             else:
-                entity[0] = True
+                markers.append((to, i - marker0))
 
         self.db.scan(doc, match_event_handler=on_match, scratch=self._scratch())
-        return hits, entity[0], markers
+        return hits, markers
 
     def _next(self, i: int, doc: bytes, start: int) -> int | None:
         """End offset of key ``i``'s first occurrence at or after ``start``."""
@@ -235,21 +234,25 @@ class Scanner:
     def scan(self, doc: bytes, markup: bool = True) -> set[int] | None:
         """Phrase ids with at least one visible hit in ``doc`` (UTF-8 HTML when ``markup``, else
         plain text); None when the page must go to the reference pipeline."""
+        entity = self._entity_id
         if not markup:
-            return {self._pid[i] for i in self._hits(b" " + doc + b" ")[0]}
-        hits, entity, markers = self._hits(doc)
-        if entity:
+            hits = self._hits(b" " + doc + b" ")[0]
+            hits.pop(entity, None)  # plain text: an entity is just text
+            return {self._pid[i] for i in hits}
+        hits, markers = self._hits(doc)
+        if hits.pop(entity, None) is not None:
             return None  # a letter written as an entity: the reference pipeline decodes it
         if not hits:
             return set()
         page = _Page(doc, markers)
+        hidden = page.hidden
         found: set[int] = set()
         pids = self._pid
         for i, to in hits.items():
             pid = pids[i]
             if pid in found:
                 continue
-            span = page.hidden(to - 1)
+            span = hidden(to - 1)
             if span is not None:  # first seen where nobody reads it: look further on
                 for _ in range(LOOKS):
                     nxt = self._next(i, doc, span[1] - 1)  # -1: the edge byte before a word

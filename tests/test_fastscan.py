@@ -48,7 +48,7 @@ def small(tmp_path_factory):
 
 def fast(ps, html: str) -> set[str] | None:
     """Phrases the scanner sees on a page (None: it hands the page to the reference)."""
-    found = ps._fast.scan(html.encode("utf-8"))
+    found = ps.fast_matches(html.encode("utf-8"))
     if found is None:
         return None
     return {p.text for i in found for p in ps._entries[i]}
@@ -70,8 +70,27 @@ def test_the_evaluation_set_scores_the_same_both_ways(shipped) -> None:
         assert {c: sorted(h) for c, h in fast_score.hits.items()} == {
             c: sorted(h) for c, h in ref_score.hits.items()
         }, row["file"]
-        handed_back += shipped._fast.scan(body) is None
+        handed_back += shipped.fast_matches(body) is None
     assert handed_back == 0  # the set has no entity-encoded letters: the scanner did the work
+
+
+def test_good_context_is_searched_only_when_it_could_change_the_decision(shipped) -> None:
+    """With a threshold, a page is either scored in full, or its raising phrases alone stay under
+    the threshold and the partial totals bound the full ones from above: same decision."""
+    partial = 0
+    for row in eval_set():
+        body = row["html"].encode("utf-8")
+        full = shipped.score_body(body, "text/html")
+        quick = shipped.score_body(body, "text/html", threshold=100)
+        assert not full.partial
+        if quick.partial:
+            partial += 1
+            assert all(t < 100 for t in quick.totals.values()), row["file"]
+            assert all(quick.totals.get(c, 0) >= t for c, t in full.totals.items()), row["file"]
+            assert all(h.weight > 0 for hits in quick.hits.values() for h in hits)
+        else:
+            assert quick == full, row["file"]
+    assert 0 < partial < len(eval_set())  # both paths ran
 
 
 @pytest.mark.parametrize("text", [SEX_ED, SALUD_ES, CASINO_ES, PORN_ES])
@@ -139,7 +158,7 @@ def test_a_phrase_hidden_in_many_places_still_gets_an_answer(small, monkeypatch)
 
 
 def test_plain_text_has_no_markup(small) -> None:
-    found = small._fast.scan(b"porn <script>free porn", markup=False)
+    found = small.fast_matches(b"porn <script>free porn", markup=False)
     assert {p.text for i in found for p in small._entries[i]} == {"porn", "free porn"}
 
 
