@@ -153,9 +153,9 @@ def part1(counts: list[int], naive_up_to: int) -> list[str]:
         f"reference text extraction (decode + strip + normalize): {extract * 1e6 / kb:.1f} µs/KB",
         "",
         "| phrases | build s | Aho–Corasick scan of the text µs/KB | reference pipeline µs/KB "
-        "| Hyperscan scanner (what the proxy runs) µs/KB | µs per 50 KB page | MB/s "
-        "| naive search µs/KB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Hyperscan, full score µs/KB | Hyperscan, threshold 100 (what the proxy runs) µs/KB "
+        "| µs per 50 KB page | MB/s | naive search µs/KB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for extra in counts:
         t = time.perf_counter()
@@ -163,7 +163,8 @@ def part1(counts: list[int], naive_up_to: int) -> list[str]:
         build = time.perf_counter() - t
         scan = _timeit(ps.score_normalized, texts)
         reference = extract + scan
-        fast = _timeit(lambda d, ps=ps: ps.score_body(d, "text/html"), docs)
+        full = _timeit(lambda d, ps=ps: ps.score_body(d, "text/html"), docs)
+        fast = _timeit(lambda d, ps=ps: ps.score_body(d, "text/html", threshold=100), docs)
         naive = "–"
         if base.count + extra <= naive_up_to:
             words = [p.text for entries in ps._entries for p in entries]  # noqa: SLF001
@@ -171,7 +172,8 @@ def part1(counts: list[int], naive_up_to: int) -> list[str]:
             naive = f"{_timeit(m, texts, 1) * 1e6 / kb:.1f}"
         lines.append(
             f"| {ps.count:,} | {build:.1f} | {scan * 1e6 / kb:.1f} | {reference * 1e6 / kb:.1f} "
-            f"| {fast * 1e6 / kb:.1f} | {fast * 1e6 / len(docs):.0f} | {kb / 1024 / fast:.0f} "
+            f"| {full * 1e6 / kb:.1f} | {fast * 1e6 / kb:.1f} | {fast * 1e6 / len(docs):.0f} "
+            f"| {kb / 1024 / fast:.0f} "
             f"| {naive} |"
         )
     return lines
