@@ -20,12 +20,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The project, installed with the locked versions; the source tree is not kept in the image.
+# gcc only for the build: proxy/_visible.c (the page-text extractor of the content scanner;
+# setup.py builds it, and would fall back to slower Python without it). Removed afterwards.
 WORKDIR /tmp/src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY proxy ./proxy
 COPY addons ./addons
-RUN pip install --no-cache-dir -c constraints.txt . \
-    && rm -rf /tmp/src
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-cache-dir -c constraints.txt . \
+    && python -c "import proxy._visible" \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* /tmp/src
 WORKDIR /
 
 # A system user without a shell or home; it owns only the CA and audit directories.

@@ -6,7 +6,7 @@ PORT   ?= 3128
 
 .PHONY: install test lint format run bench clean
 
-$(BIN)/cipa-proxy: pyproject.toml constraints.txt
+$(BIN)/cipa-proxy: pyproject.toml setup.py constraints.txt proxy/_visible.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
@@ -33,4 +33,4 @@ bench: install
 	$(BIN)/python bench/proxy.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info proxy/*.so

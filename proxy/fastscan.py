@@ -6,17 +6,26 @@ Python, because every tag is one regex match run by the interpreter: scoring
 a 50 KB page cost more than proxying it. Here every phrase key becomes one
 Hyperscan pattern that allows what lies between words on a raw page (spaces,
 line breaks, punctuation), all compiled into one SIMD automaton that reads the
-page once in C (~1.2 µs per KB); Python looks only at the first hit of each
-phrase:
+page once in C (~1 µs per KB).
 
-- a hit inside ``<script>``, ``<style>``, ``<template>``, ``<svg>`` or a
-  comment, or inside a tag (``href="/casino/"``), does not count, except in
-  ``alt=`` text and ``<meta name=description|keywords>`` (the reference
-  pipeline reads those too). When a phrase's first hit is hidden, a database
-  of that phrase alone finds its next occurrence, up to ``LOOKS`` times.
-- a page with a letter written as an entity (``pornograf&iacute;a``,
-  ``p&#111;rn``) goes to the reference pipeline instead (``scan`` returns
-  None): the raw bytes do not spell the word.
+What a reader does not see does not count: text inside ``<script>``,
+``<style>``, ``<template>``, ``<svg>``, a comment or a tag
+(``href="/casino/"``), except ``alt=`` text and ``<meta
+name=description|keywords>`` (the reference pipeline reads those too). Two
+ways, with the same results (``tests/test_fastscan.py``):
+
+- ``proxy/_visible.c`` (built at install where a C compiler is): the page's
+  visible text, each tag or hidden part replaced by one ``<``, is what the
+  automaton reads. Fewer bytes, and no Python per hit: on a busy proxy the
+  Python that checked hits cost more than its tight-loop timing suggests.
+- without it: the automaton reads the raw page and also reports where hidden
+  parts start; Python checks each phrase's first hit, and when it is hidden, a
+  database of that phrase alone finds its next occurrence, up to ``LOOKS``
+  times.
+
+A page with a letter written as an entity (``pornograf&iacute;a``,
+``p&#111;rn``) goes to the reference pipeline instead (``scan`` returns None):
+the raw bytes do not spell the word.
 
 Known differences from the reference, found by ``tests/test_fastscan.py`` and
 accepted for the speed (the labelled evaluation set scores identically):
@@ -44,6 +53,10 @@ try:  # x86-64 wheels only (pyproject marks the dependency); the reference pipel
     import hyperscan
 except ImportError:  # pragma: no cover - exercised on platforms without a wheel
     hyperscan = None
+try:  # proxy/_visible.c, built at install when a C compiler is there (setup.py: optional)
+    from proxy import _visible
+except ImportError:  # pragma: no cover - exercised by tests/test_fastscan.py with it removed
+    _visible = None
 
 LOOKS = 8  # further occurrences tried for a phrase first seen hidden, before the reference decides
 # Up to this many keys, each also gets a database of its own (~5 KB, ~1 ms to compile) to find
@@ -191,9 +204,13 @@ class Scanner:
                 *[(re.escape(m), 0) for m in _HIDDEN],  # exact case, like the reference
             )
         )
-        # One small database per key, to find its next occurrence when the first one is hidden
-        # (a few µs, where a second pass of the whole database costs as much as the first).
-        self._alone = _compile_each(patterns, single) if n <= ALONE_UP_TO else None
+        # Without proxy/_visible.c, one small database per key, to find its next occurrence when
+        # the first one is hidden (a few µs, where a second pass of the whole database costs as
+        # much as the first).
+        self._visible = _visible
+        self._alone = (
+            _compile_each(patterns, single) if n <= ALONE_UP_TO and _visible is None else None
+        )
         self._local = threading.local()  # Hyperscan scratch space is per thread
 
     def _scratch(self) -> object:
@@ -239,6 +256,12 @@ class Scanner:
             hits = self._hits(b" " + doc + b" ")[0]
             hits.pop(entity, None)  # plain text: an entity is just text
             return {self._pid[i] for i in hits}
+        if self._visible is not None:  # the visible text only: every hit counts
+            hits = self._hits(self._visible.visible(doc))[0]
+            if hits.pop(entity, None) is not None:
+                return None  # a letter written as an entity: the reference pipeline decodes it
+            pids = self._pid
+            return {pids[i] for i in hits}
         hits, markers = self._hits(doc)
         if hits.pop(entity, None) is not None:
             return None  # a letter written as an entity: the reference pipeline decodes it

@@ -7,6 +7,7 @@ Aho–Corasick) otherwise and for pages the scanner hands back. Both must agree.
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -44,6 +45,22 @@ def small(tmp_path_factory):
         encoding="utf-8",
     )
     return load_phrases(d, {"adult"})
+
+
+@pytest.fixture(scope="module")
+def small_py(small):
+    """``small`` with the visibility checks in Python (no proxy/_visible.c), as on a machine
+    that had no C compiler at install time."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fastscan, "_visible", None)
+        return load_phrases(small_dir(small), {"adult"})
+
+
+@pytest.fixture(scope="module")
+def shipped_py():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fastscan, "_visible", None)
+        return load_phrases(ROOT / "rules" / "phrases", {"adult", "gambling"})
 
 
 def fast(ps, html: str) -> set[str] | None:
@@ -127,9 +144,60 @@ def test_hard_cases_agree_with_the_reference(shipped, text) -> None:
         ('<script>x="porn"</script><a href="/porn">x</a><p>porn</p>', {"porn"}),
     ],
 )
-def test_visible_text_only(small, page, seen) -> None:
+def test_visible_text_only(small, small_py, page, seen) -> None:
     assert fast(small, page) == seen
+    assert fast(small_py, page) == seen
     assert reference(small, page) == seen
+
+
+def test_the_text_extractor_is_built_where_a_compiler_is() -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the visibility checks run in Python")
+    assert fastscan._visible is not None  # CI installs gcc: the fast path is the one tested
+
+
+@pytest.mark.skipif(fastscan._visible is None, reason="proxy/_visible.c not built")
+@pytest.mark.parametrize(
+    ("page", "text"),
+    [
+        (b"<p>Free <b>porn</b> now</p>", b"<Free <porn< now<"),
+        (b"a<script>porn</script>b<SCRIPT>x</SCRIPT>c", b"a<b<c"),
+        (b"a<Script>porn</Script>b", b"a<porn<b"),  # mixed case: shown, like both pipelines
+        (b"a<scripts>porn</scripts>b", b"a<porn<b"),  # another tag
+        (b"a<script>porn", b"a<"),  # never closed: hidden to the end
+        (b"a<!-- porn -->b<!-- porn", b"a<b<"),
+        (b'<img src="x" alt="free porn" title="porn">', b"<free porn<"),
+        (b"<img alt='a' data-alt=\"b\">", b"<a<b<"),
+        (
+            b'<meta name="description" content="porn">x',
+            b'<meta name="description" content="porn"<x',
+        ),
+        (
+            b'<meta property="og:title" content="porn">',
+            b'<meta property="og:title" content="porn"<',
+        ),
+        (b'<meta name="viewport" content="porn">x', b"<x"),
+        (b"1 < 2 porn > 1", b"1 < 1"),  # a stray "<" reads as a tag, on the raw page too
+        (b"no markup", b"no markup"),
+        (b"", b""),
+        (b"<", b"<"),
+        (b"<m", b"<"),
+    ],
+)
+def test_the_text_extractor(page: bytes, text: bytes) -> None:
+    assert fastscan._visible.visible(page) == text
+    assert fastscan._visible.visible(memoryview(page)) == text
+
+
+def test_c_and_python_find_the_same_visible_phrases(shipped, shipped_py) -> None:
+    """On every page of the evaluation set, grown pages included, and the hard cases."""
+    if fastscan._visible is None:
+        pytest.skip("proxy/_visible.c not built")
+    bodies = [row["html"].encode("utf-8") for row in eval_set()]
+    for text in (SEX_ED, SALUD_ES, CASINO_ES, PORN_ES):
+        bodies.append(f"<html><body><p>{text}</p></body></html>".encode())
+    for body in bodies:
+        assert shipped.fast_matches(body) == shipped_py.fast_matches(body)
 
 
 def test_entities_for_letters_go_to_the_reference(small) -> None:
@@ -141,15 +209,20 @@ def test_entities_for_letters_go_to_the_reference(small) -> None:
     assert fast(small, "<p>don&#8217;t &amp; porn&nbsp;now</p>") == {"porn"}
 
 
-def test_a_phrase_hidden_in_many_places_still_gets_an_answer(small, monkeypatch) -> None:
+def test_a_phrase_hidden_in_many_places_still_gets_an_answer(small, small_py, monkeypatch) -> None:
     def page(hidden: int) -> str:
         links = "".join(f'<a href="/porn/{i}">x</a>' for i in range(hidden))
         return f"<script>porn</script>{links}<p>porn</p>"
 
+    if fastscan._visible is not None:  # the visible text only: found at once, however hidden
+        assert fast(small, page(fastscan.LOOKS + 2)) == {"porn"}
+    # In Python, the first hit's visibility is checked, then the next one's, up to LOOKS times.
+    small = small_py
     assert fast(small, page(fastscan.LOOKS - 1)) == {"porn"}  # found further on
     assert fast(small, page(fastscan.LOOKS + 2)) is None  # hidden too often: the reference decides
     assert small.score_body(page(fastscan.LOOKS + 2).encode(), "text/html").totals == {"adult": 60}
     # A phrase set too large for a database per phrase: the whole database looks further on.
+    monkeypatch.setattr(fastscan, "_visible", None)
     monkeypatch.setattr(fastscan, "ALONE_UP_TO", 0)
     large = load_phrases(small_dir(small), {"adult"})
     assert large._fast._alone is None
