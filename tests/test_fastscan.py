@@ -189,6 +189,15 @@ def test_the_text_extractor(page: bytes, text: bytes) -> None:
     assert fastscan._visible.visible(memoryview(page)) == text
 
 
+@pytest.mark.skipif(fastscan._visible is None, reason="proxy/_visible.c not built")
+def test_the_text_extractor_hides_what_the_python_checks_hide() -> None:
+    """proxy/_visible.c keeps its own copy of fastscan.HIDDEN_TAGS: the same elements."""
+    for tag in fastscan.HIDDEN_TAGS:
+        assert fastscan._visible.visible(b"a<" + tag + b">porn</" + tag + b">b") == b"a<b", tag
+    for tag in (b"Script", b"Style", b"TEMPLATE", b"Svg", b"p", b"span"):
+        assert fastscan._visible.visible(b"a<" + tag + b">porn</" + tag + b">b") == b"a<porn<b"
+
+
 def test_c_and_python_find_the_same_visible_phrases(shipped, shipped_py) -> None:
     """On every page of the evaluation set, grown pages included, and the hard cases."""
     if fastscan._visible is None:
