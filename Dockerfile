@@ -29,7 +29,7 @@ COPY addons ./addons
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install --no-cache-dir -c constraints.txt . \
-    && python -c "import proxy._visible" \
+    && (cd / && python -c "import proxy._visible") \
     && apt-get purge -y --auto-remove gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* /tmp/src
 WORKDIR /
