@@ -197,20 +197,20 @@ class Scanner:
         self._entity_id, self._marker0 = n, n + 1
         single = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_CASELESS
         patterns = [key_pattern(k) for k, _ in keys]
+        self._visible = _visible
+        # Without proxy/_visible.c the raw page is read: the database also reports where hidden
+        # parts start (exact case, like the reference), and one small database per key finds its
+        # next occurrence when the first one is hidden (a few µs, where a second pass of the
+        # whole database costs as much as the first). The visible text needs neither.
+        raw_page = _visible is None
         self.db = _compile(
             (
                 *[(p, single) for p in patterns],
                 (_LETTER_ENTITY, single),
-                *[(re.escape(m), 0) for m in _HIDDEN],  # exact case, like the reference
+                *[(re.escape(m), 0) for m in (_HIDDEN if raw_page else ())],
             )
         )
-        # Without proxy/_visible.c, one small database per key, to find its next occurrence when
-        # the first one is hidden (a few µs, where a second pass of the whole database costs as
-        # much as the first).
-        self._visible = _visible
-        self._alone = (
-            _compile_each(patterns, single) if n <= ALONE_UP_TO and _visible is None else None
-        )
+        self._alone = _compile_each(patterns, single) if raw_page and n <= ALONE_UP_TO else None
         self._local = threading.local()  # Hyperscan scratch space is per thread
 
     def _scratch(self) -> object:
@@ -256,21 +256,18 @@ class Scanner:
             hits = self._hits(b" " + doc + b" ")[0]
             hits.pop(entity, None)  # plain text: an entity is just text
             return {self._pid[i] for i in hits}
-        if self._visible is not None:  # the visible text only: every hit counts
-            hits = self._hits(self._visible.visible(doc))[0]
-            if hits.pop(entity, None) is not None:
-                return None  # a letter written as an entity: the reference pipeline decodes it
-            pids = self._pid
-            return {pids[i] for i in hits}
-        hits, markers = self._hits(doc)
+        visible = self._visible
+        hits, markers = self._hits(doc if visible is None else visible.visible(doc))
         if hits.pop(entity, None) is not None:
             return None  # a letter written as an entity: the reference pipeline decodes it
+        pids = self._pid
+        if visible is not None:  # the visible text only: every hit counts
+            return {pids[i] for i in hits}
         if not hits:
             return set()
         page = _Page(doc, markers)
         hidden = page.hidden
         found: set[int] = set()
-        pids = self._pid
         for i, to in hits.items():
             pid = pids[i]
             if pid in found:
