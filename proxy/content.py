@@ -500,16 +500,13 @@ class PhraseSet:
             body = utf8_body(raw, content_type, content_encoding, limit, kind)
             markup = kind == "html"
             found = self._fast.scan(body, markup)
+            if found is not None and threshold is not None and self._fast_rest is not None:
+                score = self._score_found(found, categories)
+                if max(score.totals.values(), default=0) < threshold:
+                    return score._replace(partial=True)
+            found = self._with_context(found, body, markup)
             if found is not None:
-                if self._fast_rest is None:
-                    return self._score_found(found, categories)
-                if threshold is not None:
-                    score = self._score_found(found, categories)
-                    if max(score.totals.values(), default=0) < threshold:
-                        return score._replace(partial=True)
-                more = self._fast_rest.scan(body, markup)
-                if more is not None:
-                    return self._score_found(found | more, categories)
+                return self._score_found(found, categories)
             text = normalize_bytes(visible_text_bytes(body, kind))
         else:
             text = page_text(raw, content_type, content_encoding, limit)
@@ -520,7 +517,11 @@ class PhraseSet:
         page must take the reference pipeline, or there is no scanner)."""
         if self._fast is None:
             return None
-        found = self._fast.scan(body, markup)
+        return self._with_context(self._fast.scan(body, markup), body, markup)
+
+    def _with_context(self, found: set[int] | None, body: bytes, markup: bool) -> set[int] | None:
+        """``found`` (the raising phrases' ids) with the good-context phrases seen on ``body``;
+        None when either scan hands the page to the reference pipeline."""
         if found is None or self._fast_rest is None:
             return found
         more = self._fast_rest.scan(body, markup)
